@@ -1,5 +1,5 @@
 """Hardware side of codesign: workload IR, accelerator descriptions, energy tables, engines and the
-event-driven simulator. Depends on numpy, networkx and PyYAML only, so it can be used without torch."""
+event-driven simulator. Depends on numpy and networkx (plus PyYAML to read its data files) only, so it can be used without torch."""
 from hw_models.errors import CodesignError, ConfigError, MappingError, WorkloadError
 from hw_models.workload import Mask, OpCounts, OpNode, Workload
 

@@ -42,8 +42,9 @@ ELTWISE_OPS = {
     "relu": dict(compares=1),
     "relu6": dict(compares=2),
     "hardswish": dict(adds=1, compares=2, mults=2),   # x * relu6(x + 3) / 6
-    "gelu": dict(mults=4, adds=2, exps=1, divs=1),    # tanh approximation, tanh via one exp
-    "layernorm": dict(adds=2, subs=1, mults=3, divs=1),  # mean, variance, normalise, affine
+    # 0.5x(1 + tanh(c(x + 0.044715x^3))): x^3 (2), two constants (2), 0.5*x*(.) (2); tanh = 1 exp + 1 div
+    "gelu": dict(mults=6, adds=4, exps=1, divs=1),
+    "layernorm": dict(adds=3, subs=1, mults=2, divs=1),  # mean sum, variance sum, x-mean, square, /std, affine
     "batchnorm": dict(mults=1, adds=1),               # folded scale + shift (inference)
 }
 
@@ -175,7 +176,7 @@ class VectorShape:
 
     elements: int
     inputs: int = 1
-    op: str = "add"
+    op: str = ""
     row_len: int = 1
 
     def validate(self, name: str) -> None:
@@ -200,6 +201,8 @@ class PoolShape:
 
     def validate(self, name: str) -> None:
         _positive(name, n=self.n, c=self.c, h=self.h, w=self.w, kernel=self.kernel, stride=self.stride)
+        if not 0 <= self.padding <= self.kernel // 2:
+            raise WorkloadError(f"{name}: pool padding must be in 0..kernel//2={self.kernel // 2}, got {self.padding}")
         if self.mode not in ("max", "avg"):
             raise WorkloadError(f"{name}: pool mode must be 'max' or 'avg', got {self.mode!r}")
         if self.out_h < 1 or self.out_w < 1:
@@ -225,9 +228,13 @@ SHAPE_OF_KIND: dict[str, type] = {
 }
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _positive(name: str, **values: int) -> None:
     for key, value in values.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        if not _is_int(value) or value < 1:
             raise WorkloadError(f"{name}: {key} must be a positive integer, got {value!r}")
 
 
@@ -293,10 +300,12 @@ class OpNode:
         self.shape.validate(self.name)
         for key in ("act_bits", "weight_bits", "out_bits"):
             bits = getattr(self, key)
-            if not isinstance(bits, int) or not 1 <= bits <= 64:
+            if not _is_int(bits) or not 1 <= bits <= 64:
                 raise WorkloadError(f"{self.name}: {key} must be an integer in 1..64, got {bits!r}")
         if not 0.0 < self.density <= 1.0:
             raise WorkloadError(f"{self.name}: density must be in (0, 1], got {self.density}")
+        if self.density != 1.0 and self.kind != "sparse_matmul":
+            raise WorkloadError(f"{self.name}: only sparse_matmul takes a density, {self.kind} is dense")
         if self.kind == "eltwise" and self.shape.op not in ELTWISE_OPS:
             raise WorkloadError(f"{self.name}: unknown eltwise op {self.shape.op!r} (known: {', '.join(ELTWISE_OPS)})")
         if self.mask is not None:
@@ -391,6 +400,8 @@ class OpNode:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OpNode":
+        if not isinstance(d, dict):
+            raise WorkloadError(f"each op must be a JSON object, got {type(d).__name__}")
         try:
             kind = d["kind"]
             if kind not in SHAPE_OF_KIND:
@@ -421,15 +432,18 @@ class Workload:
     name: str
     graph: nx.DiGraph = field(default_factory=nx.DiGraph)
     description: str = ""
+    _order: list[OpNode] | None = field(default=None, repr=False, compare=False)
 
     def add(self, op: OpNode, inputs: Iterable[str] = ()) -> str:
+        inputs = list(inputs)
         if op.name in self.graph:
             raise WorkloadError(f"duplicate op name {op.name!r}")
-        self.graph.add_node(op.name, op=op)
         for src in inputs:
             if src not in self.graph:
                 raise WorkloadError(f"{op.name}: input {src!r} is not an op of this workload")
-            self.graph.add_edge(src, op.name)
+        self.graph.add_node(op.name, op=op)
+        self.graph.add_edges_from((src, op.name) for src in inputs)
+        self._order = None
         return op.name
 
     def __len__(self) -> int:
@@ -443,8 +457,11 @@ class Workload:
 
     def ops(self) -> list[OpNode]:
         """Operators in a deterministic topological order (ties broken by insertion order)."""
-        order = {n: i for i, n in enumerate(self.graph.nodes)}
-        return [self.graph.nodes[n]["op"] for n in nx.lexicographical_topological_sort(self.graph, key=order.get)]
+        if getattr(self, "_order", None) is None:
+            rank = {n: i for i, n in enumerate(self.graph.nodes)}
+            self._order = [self.graph.nodes[n]["op"]
+                           for n in nx.lexicographical_topological_sort(self.graph, key=rank.get)]
+        return list(self._order)
 
     def predecessors(self, name: str) -> list[str]:
         return list(self.graph.predecessors(name))
@@ -477,11 +494,22 @@ class Workload:
     def from_dict(cls, d: dict[str, Any]) -> "Workload":
         if not isinstance(d, dict) or "ops" not in d:
             raise WorkloadError("workload JSON must be an object with an 'ops' list")
+        if not isinstance(d["ops"], list):
+            raise WorkloadError("workload JSON: 'ops' must be a list")
         wl = cls(name=d.get("name", "workload"), description=d.get("description", ""))
-        for entry in d["ops"]:
-            wl.add(OpNode.from_dict(entry), entry.get("inputs", ()))
+        ops = [OpNode.from_dict(entry) for entry in d["ops"]]      # ops may be listed in any order
+        for op in ops:
+            if op.name in wl.graph:
+                raise WorkloadError(f"duplicate op name {op.name!r}")
+            wl.graph.add_node(op.name, op=op)
+        for op, entry in zip(ops, d["ops"]):
+            for src in entry.get("inputs", ()):
+                if src not in wl.graph:
+                    raise WorkloadError(f"{op.name}: input {src!r} is not an op of this workload")
+                wl.graph.add_edge(src, op.name)
         if not nx.is_directed_acyclic_graph(wl.graph):
-            raise WorkloadError("workload graph has a cycle")
+            cycle = " -> ".join(u for u, _ in nx.find_cycle(wl.graph))
+            raise WorkloadError(f"workload graph has a cycle: {cycle}")
         return wl
 
     @classmethod
