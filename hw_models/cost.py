@@ -158,7 +158,7 @@ def _block_model(chunk: Chunk, bw: float, dataflow: str, block: tuple[int, int, 
     ab, wb, ob, psb = bits
     out_b = ob if final else psb
     geom = chunk.geometry
-    blocks, moved = [], {"to_array": 0.0, "from_array": 0.0, "psum_read": 0.0}
+    blocks, moved = [], {"to_array": 0.0, "from_array": 0.0, "psum_read": 0.0, "macs": 0}
     if dataflow == "os":
         for (m, mc), (n, nc) in product(_splits(pb, am), _splits(mb, an)):
             items = []
@@ -171,6 +171,7 @@ def _block_model(chunk: Chunk, bw: float, dataflow: str, block: tuple[int, int, 
                 items.append(((load + store) / bw, tile_cycles(geom, "os", m, n, k, writeback=last)))
                 moved["to_array"] += mc * nc * load
                 moved["from_array"] += mc * nc * store
+                moved["macs"] += mc * nc * m * n * k
             blocks.append((items, mc * nc))
     else:
         nk = math.ceil(kb / ak)
@@ -184,6 +185,7 @@ def _block_model(chunk: Chunk, bw: float, dataflow: str, block: tuple[int, int, 
                 items.append(((load + store) / bw, tile_cycles(geom, "ws", m, n, k)))
                 moved["to_array"] += kc * nc * load
                 moved["from_array"] += kc * nc * store
+                moved["macs"] += kc * nc * m * n * k
             blocks.append((items, kc * nc))
             # every k-tile but the first reads the partial sums back (accumulate at the buffer)
             later = kc - (1 if first_k else 0)
@@ -225,6 +227,7 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
     items = []
     prev = None
     compute = array_transfer = 0.0
+    tile_macs = 0
     ranges = [range(trips[d]) for d in order]
     for idx in product(*ranges):
         ix = dict(zip(order, idx))
@@ -244,6 +247,7 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
         cyc, comp, tr, moved = _block_model(chunk, bw_array, mp.dataflow, (p, k, m), mp.array_tile, bits, final)
         compute += comp
         array_transfer += tr
+        tile_macs += moved["macs"]
         to_array += moved["to_array"]
         from_array += moved["from_array"]
         psum_read += moved["psum_read"]
@@ -257,7 +261,7 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
     # everything above is per group; scale the byte counts
     dram_r, dram_w = dram_r * G, dram_w * G
     to_array, from_array, psum_read = to_array * G, from_array * G, psum_read * G
-    hw_macs = G * P * K * M
+    hw_macs = tile_macs * G            # MAC steps of the tiles actually executed
     compute, array_transfer = compute * G, array_transfer * G
     acc_bits = chunk.acc_bits
     if mp.dataflow == "os":
@@ -278,7 +282,7 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
     energy = dict.fromkeys(ENERGY_KEYS, 0.0)
     for action, pj in _per_mac_energy(op, chunk, table).items():
         energy[action] += pj * hw_macs
-    energy["rf"] = rf_bits * table.bit_pj("rf")
+    energy["rf"] = rf_bits * table.bit_pj("rf", chunk.rf_bytes_per_pe)
     energy["noc"] = noc_bits * table.bit_pj("noc")
     gb_cap = accel.global_buffer.size_bytes / accel.global_buffer.banks    # one bank per access
     energy["global_buffer"] = 8 * (gb_read * table.bit_pj("sram_read", gb_cap) + gb_write * table.bit_pj("sram_write", gb_cap))

@@ -12,6 +12,7 @@ their weights as sign + 4-bit shift amount (5 bits; DeepShift shows 5 bits or fe
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 from hw_models.errors import WorkloadError
@@ -377,3 +378,11 @@ def get_builtin(name: str) -> Workload:
     except KeyError:
         raise WorkloadError(f"unknown workload {name!r}; built-in: {', '.join(BUILTIN)}") from None
     return factory()
+
+
+def load_workload(spec: str | Path) -> Workload:
+    """A built-in name or the path of a workload JSON file (anything ending in .json or existing)."""
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        return Workload.from_json(path)
+    return get_builtin(str(spec))

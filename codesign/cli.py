@@ -1,0 +1,136 @@
+"""The ``codesign`` command line. Every user error is one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from hw_models.accelerator import load_accelerator, preset_names
+from hw_models.errors import CodesignError
+from hw_models.schedule import Schedule
+from hw_models.simulator import SimResult, simulate
+from hw_models.zoo import BUILTIN, builtin_names, get_builtin, load_workload
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:          # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _fmt_energy(pj: float) -> str:
+    return f"{pj / 1e6:.3f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_workloads(args: argparse.Namespace) -> int:
+    rows = []
+    for name in builtin_names():
+        wl = get_builtin(name)
+        rows.append([name, len(wl), f"{wl.macs / 1e6:.2f}", ",".join(sorted(k for k in wl.kinds() if "conv" in k or "linear" in k or "matmul" in k)), BUILTIN[name][1]])
+    print(_table(["workload", "ops", "MMACs", "GEMM kinds", "description"], rows))
+    return 0
+
+
+def cmd_hw_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in preset_names():
+        acc = load_accelerator(name)
+        chunks = ", ".join(f"{c.name}:{c.pe_type} {c.rows}x{c.cols}" for c in acc.chunks)
+        rows.append([name, f"{acc.clock_mhz:g}", f"{acc.global_buffer.size_kb:g}", f"{acc.dram.bandwidth_gbs:g}", chunks])
+    print(_table(["preset", "MHz", "GB KB", "DRAM GB/s", "chunks"], rows))
+    return 0
+
+
+def cmd_hw_show(args: argparse.Namespace) -> int:
+    import yaml
+    acc = load_accelerator(args.name)
+    print(yaml.safe_dump(acc.to_dict(), sort_keys=False).rstrip())
+    return 0
+
+
+def print_sim(result: SimResult, top: int | None) -> None:
+    ops = result.ops
+    if top:
+        ops = sorted(ops, key=lambda o: o.cycles, reverse=True)[:top]
+    rows = [[o.name, o.kind, o.chunk, o.dataflow, f"{o.cycles:,.0f}", f"{o.utilization:.2f}", o.bound,
+             _fmt_energy(o.energy_total_pj)] for o in ops]
+    print(_table(["op", "kind", "chunk", "flow", "cycles", "util", "bound", "energy uJ"], rows))
+    print()
+    print(f"workload {result.workload} on {result.accelerator} ({result.clock_mhz:g} MHz, schedule: {result.schedule_producer})")
+    print(f"  cycles        {result.cycles:,.0f}   ({result.seconds * 1e3:.4f} ms)")
+    print(f"  energy        {_fmt_energy(result.energy_total_pj)} uJ   ({result.energy_total_pj / max(result.macs, 1):.3f} pJ/MAC)")
+    print(f"  EDP           {result.edp_pj_s * 1e-6:.4g} uJ*s")
+    print(f"  MACs          {result.macs:,}   utilization {result.utilization:.3f}   stall cycles {result.stall_cycles:,.0f}")
+    print(f"  pipelined frame interval {result.throughput_interval_cycles:,.0f} cycles")
+    total = result.energy_total_pj or 1.0
+    for title, parts in (("by level ", result.energy_by_level_pj), ("by action", result.energy_by_action_pj),
+                         ("by chunk ", result.energy_by_chunk_pj)):
+        shown = ", ".join(f"{k} {_fmt_energy(v)} ({100 * v / total:.1f}%)" for k, v in parts.items() if v)
+        print(f"  energy {title} (uJ): {shown}")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    workload = load_workload(args.workload)
+    accel = load_accelerator(args.hw)
+    schedule = Schedule.from_json(args.schedule) if args.schedule else None
+    result = simulate(workload, accel, schedule)
+    print_sim(result, args.top)
+    if args.json:
+        result.to_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="codesign", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("workloads", help="list the built-in workloads")
+    p.set_defaults(func=cmd_workloads)
+
+    hw = sub.add_parser("hw", help="accelerator presets")
+    hw_sub = hw.add_subparsers(dest="hw_command", required=True, parser_class=_Parser)
+    p = hw_sub.add_parser("list", help="list the shipped presets")
+    p.set_defaults(func=cmd_hw_list)
+    p = hw_sub.add_parser("show", help="print a preset or YAML file, validated")
+    p.add_argument("name", help="preset name or path to a YAML file")
+    p.set_defaults(func=cmd_hw_show)
+
+    p = sub.add_parser("simulate", help="simulate a workload on an accelerator")
+    p.add_argument("--workload", required=True, help="built-in name (codesign workloads) or workload JSON")
+    p.add_argument("--hw", required=True, help="preset name (codesign hw list) or accelerator YAML")
+    p.add_argument("--schedule", help="schedule JSON (from codesign map); default: deterministic default schedule")
+    p.add_argument("--json", metavar="OUT", help="write the SimResult JSON here")
+    p.add_argument("--top", type=int, metavar="N", help="show only the N slowest ops")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CodesignError as err:
+        print(f"codesign: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("codesign: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:                      # unwritable --json path and the like
+        print(f"codesign: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
