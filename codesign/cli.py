@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from hw_models.accelerator import load_accelerator, preset_names
@@ -89,6 +90,39 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    import yaml
+    from codesign.lower import load_model_spec        # torch is imported only for commands that need it
+    from codesign.mapper import CoSearchResult, map_workload
+
+    workload = load_model_spec(args.model, args.input_shape)
+    accel = load_accelerator(args.hw)
+    out = map_workload(workload, accel, objective=args.objective, budget_s=args.budget, mode=args.mode,
+                       co_search=args.co_search, seed=args.seed, progress=not args.quiet)
+    if isinstance(out, CoSearchResult):
+        accel, schedule = out.accelerator, out.schedule
+        hw_path = args.output.with_suffix(".hw.yaml")
+        hw_path.write_text(yaml.safe_dump(accel.to_dict(), sort_keys=False))
+        print(f"co-search: {out.configs_evaluated} configurations, {args.objective} improved "
+              f"{out.improvement:.3f}x over {args.hw}; accelerator written to {hw_path}")
+    else:
+        schedule = out
+    schedule.to_json(args.output)
+    print_sim(simulate(workload, accel, schedule), args.top)
+    print(f"wrote {args.output}  (reproduce: codesign simulate --workload ... --hw ... --schedule {args.output})")
+    return 0
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,224,224, got {text!r}") from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
+    return dims
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -114,6 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the SimResult JSON here")
     p.add_argument("--top", type=int, metavar="N", help="show only the N slowest ops")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("map", help="map a network onto an accelerator (tiling, loop order, dataflow, chunk)")
+    p.add_argument("--model", required=True,
+                   help="built-in workload, workload JSON, or package.module:factory returning an nn.Module")
+    p.add_argument("--input-shape", type=_shape, metavar="N,C,H,W", help="example input shape for a module factory")
+    p.add_argument("--hw", required=True, help="preset name or accelerator YAML")
+    p.add_argument("--objective", choices=("edp", "latency", "energy"), default="edp")
+    p.add_argument("--mode", choices=("latency", "throughput"), default="latency",
+                   help="latency: one frame; throughput: frames pipelined across chunks")
+    p.add_argument("--budget", type=float, default=10.0, metavar="SECONDS", help="search time budget (default 10)")
+    p.add_argument("--co-search", action="store_true", help="also search PEs and buffers per chunk under the same totals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", type=Path, default=Path("schedule.json"), help="schedule JSON to write")
+    p.add_argument("--top", type=int, metavar="N", help="show only the N slowest ops")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_map)
+
+    from codesign.report.cli import add_report_parser
+    add_report_parser(sub)
     return parser
 
 
