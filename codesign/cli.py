@@ -113,6 +113,19 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rtl(args: argparse.Namespace) -> int:
+    from codesign import rtl_tools
+
+    if args.rtl_command == "test":
+        return rtl_tools.run_tests(args.sim, args.k, args.waves)
+    if args.rtl_command == "lint":
+        return rtl_tools.lint()
+    out = args.out or rtl_tools.AREA_JSON
+    rtl_tools.area(out)
+    print(f"wrote {out}")
+    return 0
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(x) for x in text.split(","))
@@ -164,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, metavar="N", help="show only the N slowest ops")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_map)
+
+    rtl = sub.add_parser("rtl", help="RTL ground truth: cocotb tests, lint, Yosys area")
+    rtl_sub = rtl.add_subparsers(dest="rtl_command", required=True, parser_class=_Parser)
+    p = rtl_sub.add_parser("test", help="run the cocotb testbenches (timing asserted against hw_models)")
+    p.add_argument("--sim", choices=("icarus", "verilator"), help="one simulator (default: both)")
+    p.add_argument("-k", metavar="PATTERN", help="pytest -k expression selecting tests")
+    p.add_argument("--waves", action="store_true", help="dump waveforms into the build directories")
+    p.set_defaults(func=cmd_rtl)
+    p = rtl_sub.add_parser("lint", help="verilator --lint-only -Wall on every top")
+    p.set_defaults(func=cmd_rtl)
+    p = rtl_sub.add_parser("area", help="synthesise PEs and arrays with Yosys, write the area data file")
+    p.add_argument("--out", type=Path, help="JSON to write (default: hw_models/data/rtl_area.json)")
+    p.set_defaults(func=cmd_rtl)
 
     from codesign.report.cli import add_report_parser
     add_report_parser(sub)

@@ -1,0 +1,34 @@
+// pe_mac.v -- thin wrapper: a PE of type pe_mac (pe.v with PE_TYPE=0), synthesizable alone for area.
+`default_nettype none
+module pe_mac #(
+    parameter integer IN_W  = 8,
+    parameter integer W_W   = 8,
+    parameter integer ACC_W = 32,
+    parameter integer PIPE  = 1
+) (
+    input  wire             clk,
+    input  wire             rst,
+    input  wire             ws,
+    input  wire             clr,
+    input  wire [IN_W-1:0]  a_in,
+    input  wire             v_in,
+    input  wire             last_in,
+    output wire [IN_W-1:0]  a_q,
+    output wire             v_q,
+    output wire             last_q,
+    input  wire [W_W-1:0]   w_in,
+    input  wire             w_ld,
+    output wire [W_W-1:0]   w_q,
+    input  wire [ACC_W-1:0] psum_in,
+    output wire [ACC_W-1:0] acc_q,
+    output wire             pre_v,
+    output wire             out_v,
+    output wire             out_last
+);
+    pe #(.PE_TYPE(0), .IN_W(IN_W), .W_W(W_W), .ACC_W(ACC_W), .PIPE(PIPE)) u_pe (
+        .clk(clk), .rst(rst), .ws(ws), .clr(clr),
+        .a_in(a_in), .v_in(v_in), .last_in(last_in), .a_q(a_q), .v_q(v_q), .last_q(last_q),
+        .w_in(w_in), .w_ld(w_ld), .w_q(w_q),
+        .psum_in(psum_in), .acc_q(acc_q), .pre_v(pre_v), .out_v(out_v), .out_last(out_last));
+endmodule
+`default_nettype wire
