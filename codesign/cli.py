@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="JSON to write (default: hw_models/data/rtl_area.json)")
     p.set_defaults(func=cmd_rtl)
 
+    from codesign.nas.cli import add_search_parser
     from codesign.report.cli import add_report_parser
+    add_search_parser(sub)
     add_report_parser(sub)
     return parser
 
