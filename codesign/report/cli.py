@@ -1,15 +1,10 @@
-"""``codesign report``: the subcommand's parser (wired into codesign.cli by ``add_report_parser``).
-
-Also runnable alone: ``python -m codesign.report.cli report --model ... --hw ...`` behaves like
-``codesign report`` (one-line errors, exit code 2).
-"""
+"""``codesign report``: the subcommand's parser (wired into codesign.cli by ``add_report_parser``)."""
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Sequence
 
 from hw_models.errors import CodesignError
 
@@ -122,27 +117,3 @@ def _reconstruct(args: argparse.Namespace) -> list[str]:
         if on:
             out.append(flag)
     return out
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="codesign")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_report_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CodesignError as err:
-        print(f"codesign: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("codesign: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
