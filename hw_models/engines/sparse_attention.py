@@ -653,11 +653,9 @@ def qk_transfer_bytes(tokens: int, head_dim: int, heads: int, compressed: int, a
 
 
 @dataclass(frozen=True)
-class HeadTiming:
-    """Compute cycles of one polarized head. The two engines run concurrently within a phase."""
+class PhaseTiming:
+    """Cycles of the QK^T and A.V phases on the dense and sparse sides, which run concurrently."""
 
-    num_global: int
-    sparse_nnz: int
     dense_qk: int
     sparse_qk: int
     dense_av: int
@@ -676,6 +674,14 @@ class HeadTiming:
         return self.qk + self.av
 
 
+@dataclass(frozen=True)
+class HeadTiming(PhaseTiming):
+    """Compute cycles of one polarized head on the fixed denser and sparser engines."""
+
+    num_global: int = 0
+    sparse_nnz: int = 0
+
+
 def head_timing(polarized_mask: np.ndarray, num_global: int, head_dim: int, sparse: SparseEngineConfig,
                 dense: ArrayGeometry) -> HeadTiming:
     """Timing of one head whose (N, N) mask is already polarized (global columns first)."""
@@ -687,7 +693,8 @@ def head_timing(polarized_mask: np.ndarray, num_global: int, head_dim: int, spar
     dqk, dav = dense_block_cycles(dense, n, head_dim, num_global)
     sqk = sddmm_cycles(sparse, csr, head_dim) if csr is not None and csr.nnz else 0
     sav = spmm_cycles(sparse, csr, head_dim) if csr is not None and csr.nnz else 0
-    return HeadTiming(num_global, csr.nnz if csr is not None else 0, dqk, sqk, dav, sav)
+    return HeadTiming(dense_qk=dqk, sparse_qk=sqk, dense_av=dav, sparse_av=sav, num_global=num_global,
+                      sparse_nnz=csr.nnz if csr is not None else 0)
 
 
 def partition_heads(head_cycles: Sequence[float], engines: int) -> tuple[list[int], list[float], float]:
@@ -778,27 +785,11 @@ def attention_layer_timing(masks: np.ndarray, head_dim: int, sparse: SparseEngin
 
 
 @dataclass(frozen=True)
-class PooledHeadTiming:
+class PooledHeadTiming(PhaseTiming):
     """One head on a reconfigurable pool of lines split between the two workloads (see below)."""
 
-    lines_dense: int
-    lines_sparse: int
-    dense_qk: int
-    sparse_qk: int
-    dense_av: int
-    sparse_av: int
-
-    @property
-    def qk(self) -> int:
-        return max(self.dense_qk, self.sparse_qk)
-
-    @property
-    def av(self) -> int:
-        return max(self.dense_av, self.sparse_av)
-
-    @property
-    def total(self) -> int:
-        return self.qk + self.av
+    lines_dense: int = 0
+    lines_sparse: int = 0
 
 
 def pooled_head_timing(polarized_mask: np.ndarray, num_global: int, head_dim: int,
@@ -831,7 +822,8 @@ def pooled_head_timing(polarized_mask: np.ndarray, num_global: int, head_dim: in
         if has_rest:
             scfg = SparseEngineConfig(L - d_lines, pool.macs_per_line, pool.rows_per_cycle, pool.acc_bits)
             sq, sa = sddmm_cycles(scfg, rest, head_dim), spmm_cycles(scfg, rest, head_dim)
-        cand = PooledHeadTiming(d_lines, L - d_lines if has_rest else 0, dq, sq, da, sa)
+        cand = PooledHeadTiming(dense_qk=dq, sparse_qk=sq, dense_av=da, sparse_av=sa, lines_dense=d_lines,
+                                lines_sparse=L - d_lines if has_rest else 0)
         if best is None or cand.total < best.total:
             best = cand
     return best
