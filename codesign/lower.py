@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hw_models.errors import WorkloadError
-from hw_models.workload import (ELTWISE_OPS, ConvShape, LinearShape, MatmulShape, OpNode, PoolShape, VectorShape,
-                                Workload)
+from hw_models.workload import (ELTWISE_OPS, ConvShape, LinearShape, Mask, MatmulShape, OpNode, PoolShape,
+                                VectorShape, Workload)
 from hw_models.zoo import BUILTIN, get_builtin
 
 CONV_KINDS = ("conv", "shift_conv", "adder_conv")
@@ -285,10 +285,10 @@ class _Lowering:
         return name
 
     def _emit(self, hint: str, kind: str, shape: Any, preds: Iterable[str], bits: tuple[int, int, int] | None = None,
-              density: float = 1.0) -> str:
+              density: float = 1.0, mask: Mask | None = None, mask_on: str = "out") -> str:
         act, weight, out = bits or (DEFAULT_BITS, DEFAULT_BITS, DEFAULT_BITS)
         op = OpNode(name=self._unique(hint), kind=kind, shape=shape, act_bits=act, weight_bits=weight,
-                    out_bits=out, density=density)
+                    out_bits=out, density=density, mask=mask, mask_on=mask_on)
         self.workload.add(op, list(dict.fromkeys(preds)))
         return op.name
 
@@ -341,7 +341,7 @@ class _Lowering:
         return (name,)
 
     def matmul(self, node: Any, a: Any, b: Any, hint: str | None = None, kind: str = "matmul",
-               density: float = 1.0) -> tuple[str, ...]:
+               density: float = 1.0, mask: Mask | None = None, mask_on: str = "out") -> tuple[str, ...]:
         act_a, act_b = self._act(a), self._act(b)
         sa = self._shape(a) if hasattr(a, "meta") else None
         sb = self._shape(b) if hasattr(b, "meta") else None
@@ -355,7 +355,7 @@ class _Lowering:
             batch = _prod(out[:-2]) if len(sa) >= 2 and len(sb) >= 2 else _prod(out) // max(1, rows * cols)
             name = self._emit(hint or self._hint(node), kind, MatmulShape(batch=max(1, batch), rows=rows, inner=inner,
                                                                           cols=cols), self._srcs(a, b),
-                              density=density)
+                              density=1.0 if mask is not None else density, mask=mask, mask_on=mask_on)
             self.kind_of[node] = kind
             return (name,)
         if act_a:                              # activation @ constant matrix: a linear layer
@@ -420,8 +420,14 @@ class _Lowering:
     def softmax(self, node: Any, x: Any, dim: Any) -> tuple[str, ...]:
         xs = self._shape(x)
         dim = -1 if dim is None else int(dim)
-        shape = VectorShape(elements=_prod(xs), row_len=int(xs[dim]))
-        name = self._emit(self._hint(node), "softmax", shape, self._srcs(x))
+        srcs = self._srcs(x)
+        elements = _prod(xs)
+        if len(srcs) == 1:                    # after a masked QK^T only the kept scores are normalised
+            src = self.workload.op(srcs[0])
+            if src.kind == "sparse_matmul" and src.mask is not None and src.mask_on == "out":
+                elements = src.macs // src.gemm[2]
+        shape = VectorShape(elements=elements, row_len=int(xs[dim]))
+        name = self._emit(self._hint(node), "softmax", shape, srcs)
         self.kind_of[node] = "softmax"
         return (name,)
 
@@ -491,7 +497,13 @@ class _Lowering:
                 if len(node.args) < 2:
                     raise _Unsupported(label, "matmul-like module needs two inputs")
                 density = float(getattr(m, "density", 1.0)) if kind == "sparse_matmul" else 1.0
-                return self.matmul(node, node.args[0], node.args[1], kind=kind, density=density)
+                mask, mask_on = None, "out"
+                fixed = getattr(m, "mask", None) if kind == "sparse_matmul" else None
+                if fixed is not None and hasattr(fixed, "detach"):   # a fixed pattern (ViTCoD): keep it exactly
+                    mask = Mask.from_array(fixed.detach().cpu().bool().reshape(-1, *fixed.shape[-2:]).numpy())
+                    mask_on = getattr(m, "mask_on", "out")
+                return self.matmul(node, node.args[0], node.args[1], kind=kind, density=density, mask=mask,
+                                   mask_on=mask_on)
             raise _Unsupported(label, f"IR kind {kind!r} has no lowering")
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             return self.batchnorm(node, x)

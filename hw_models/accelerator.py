@@ -22,9 +22,13 @@ PE_SUPPORTS = {
     "mac": ("conv", "linear", "matmul", "sparse_matmul", "shift_conv", "shift_linear"),
     "shift": ("shift_conv", "shift_linear"),
     "adder": ("adder_conv", "adder_linear"),
+    # ViTCoD-style lines of MACs: dense GEMMs as a MAC array, masked attention on the ``csr`` dataflow
+    "sparse_attention": ("conv", "linear", "matmul", "sparse_matmul", "shift_conv", "shift_linear"),
 }
 VECTOR_KINDS = ("softmax", "eltwise", "pool")
-DEFAULT_PIPELINE = {"mac": 2, "shift": 1, "adder": 2}
+DEFAULT_PIPELINE = {"mac": 2, "shift": 1, "adder": 2, "sparse_attention": 2}
+#: The flat CSR wave stream of :mod:`hw_models.engines.sparse_attention` (sparse_attention PEs only).
+CSR_DATAFLOW = "csr"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,10 @@ class Chunk:
     pipeline: int = 0             # PE pipeline depth; 0 = the PE type's default
     vector_lanes: int = 0         # SIMD lanes for softmax/eltwise/pool; 0 = none
     supports: tuple[str, ...] = ()
+    # sparse_attention only: ``rows`` lines of ``cols`` MACs, split into ``engines`` equal pools
+    # that take whole heads; the CSR row walker reads ``rows_per_cycle`` pointers per cycle
+    rows_per_cycle: int = 4
+    engines: int = 1
 
     @property
     def pes(self) -> int:
@@ -73,8 +81,15 @@ class Chunk:
     def local_buffer_bytes(self) -> int:
         return int(self.local_buffer_kb * 1024)
 
+    @property
+    def gemm_dataflows(self) -> tuple[str, ...]:
+        """The dense dataflows (os/ws) of the PE-array contract, without ``csr``."""
+        return tuple(d for d in self.dataflows if d in DATAFLOWS)
+
     def kinds(self) -> tuple[str, ...]:
         gemm = self.supports or PE_SUPPORTS[self.pe_type]
+        if not self.gemm_dataflows:              # a csr-only sparse engine runs masked products only
+            gemm = tuple(k for k in gemm if k == "sparse_matmul")
         return tuple(gemm) + (VECTOR_KINDS if self.vector_lanes else ())
 
     def can_run(self, kind: str) -> bool:
@@ -116,6 +131,8 @@ class Accelerator:
         for c in d["chunks"]:
             c["dataflows"] = list(c["dataflows"])
             c["supports"] = list(c["supports"])
+            if c["pe_type"] != "sparse_attention":
+                del c["rows_per_cycle"], c["engines"]
         return d
 
 
@@ -155,19 +172,24 @@ def _chunk_from(i: int, d: Any) -> Chunk:
         raise ConfigError(f"{sec}: must be a mapping")
     allowed = {"name", "pe_type", "rows", "cols", "dataflows", "act_bits", "weight_bits", "acc_bits",
                "rf_bytes_per_pe", "local_buffer_kb", "local_bandwidth_bytes_per_cycle", "pipeline",
-               "vector_lanes", "supports"}
+               "vector_lanes", "supports", "rows_per_cycle", "engines"}
     _unknown(sec, d, allowed)
     name = _require(sec, d, "name", str)
     sec = f"chunks[{name}]"
     pe_type = _require(sec, d, "pe_type", str)
     if pe_type not in PE_SUPPORTS:
         raise ConfigError(f"{sec}.pe_type: unknown PE type {pe_type!r} (known: {', '.join(PE_SUPPORTS)})")
-    dataflows = tuple(_optional(sec, d, "dataflows", ["os", "ws"], list))
+    sparse = pe_type == "sparse_attention"
+    dataflows = tuple(_optional(sec, d, "dataflows", ["csr", "os"] if sparse else ["os", "ws"], list))
     for df in dataflows:
-        if df not in DATAFLOWS:
-            raise ConfigError(f"{sec}.dataflows: unknown dataflow {df!r} (known: os, ws)")
+        if df == CSR_DATAFLOW and not sparse:
+            raise ConfigError(f"{sec}.dataflows: only a sparse_attention chunk has the csr dataflow")
+        if df not in DATAFLOWS + (CSR_DATAFLOW,):
+            raise ConfigError(f"{sec}.dataflows: unknown dataflow {df!r} (known: os, ws, csr)")
     if not dataflows:
         raise ConfigError(f"{sec}.dataflows: at least one dataflow is needed")
+    if not sparse and ("rows_per_cycle" in d or "engines" in d):
+        raise ConfigError(f"{sec}: rows_per_cycle and engines apply to sparse_attention chunks only")
     supports = tuple(_optional(sec, d, "supports", [], list))
     for kind in supports:
         if kind not in PE_SUPPORTS[pe_type]:
@@ -188,7 +210,10 @@ def _chunk_from(i: int, d: Any) -> Chunk:
         local_buffer_kb=float(_optional(sec, d, "local_buffer_kb", 16.0, NUM, positive=False)),
         local_bandwidth_bytes_per_cycle=_optional(sec, d, "local_bandwidth_bytes_per_cycle", 64, int),
         pipeline=pipeline, vector_lanes=_optional(sec, d, "vector_lanes", 0, int, positive=False),
-        supports=supports)
+        supports=supports, rows_per_cycle=_optional(sec, d, "rows_per_cycle", 4, int),
+        engines=_optional(sec, d, "engines", 1, int))
+    if chunk.rows % chunk.engines:
+        raise ConfigError(f"{sec}.engines: {chunk.engines} engines must divide the {chunk.rows} lines (rows)")
     if chunk.vector_lanes < 0:
         raise ConfigError(f"{sec}.vector_lanes: must be >= 0, got {chunk.vector_lanes}")
     if chunk.local_buffer_kb < 0:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import product
 
-from hw_models.accelerator import Accelerator, Chunk
+from hw_models.accelerator import CSR_DATAFLOW, Accelerator, Chunk
 from hw_models.energy import EnergyTable, load_table
 from hw_models.engines.pe_array import tile_cycles
+from hw_models.engines.sparse_attention import SparseEngineConfig, masked_matmul_timing
 from hw_models.errors import MappingError
 from hw_models.pipeline import run_pipeline
 from hw_models.schedule import LOOP_ORDERS, OpMapping
@@ -105,6 +106,9 @@ def validate_mapping(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping
     if not chunk.can_run(op.kind):
         raise MappingError(f"{op.name}: chunk {chunk.name} ({chunk.pe_type}) cannot run {op.kind}")
     check_bits(op, chunk)
+    if mp.dataflow == CSR_DATAFLOW or op.kind == "sparse_matmul" and not chunk.gemm_dataflows:
+        _validate_csr(op, chunk, accel, mp)
+        return
     if not op.is_gemm:
         if mp.dataflow != "vector" or mp.gb_tile[0] < 1:
             raise MappingError(f"{op.name}: vector ops need dataflow 'vector' and a positive block size")
@@ -141,6 +145,25 @@ def validate_mapping(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping
     if chunk.rf_bytes_per_pe < ab + wb + psb:
         raise MappingError(f"{op.name}: chunk {chunk.name} register file ({chunk.rf_bytes_per_pe} B/PE) cannot hold "
                            "one operand pair and an accumulator")
+
+
+def _validate_csr(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> None:
+    if mp.dataflow != CSR_DATAFLOW or CSR_DATAFLOW not in chunk.dataflows:
+        raise MappingError(f"{op.name}: chunk {chunk.name} runs {op.kind} only on the csr dataflow "
+                           f"(mapping asks for {mp.dataflow!r})")
+    if op.kind != "sparse_matmul" or op.mask is None:
+        raise MappingError(f"{op.name}: the csr dataflow needs a sparse_matmul with a mask")
+    # one head's operands, CSR data and output must fit the global buffer (the next head's loads
+    # overlap the tail of its compute: the per-head pipeline in csr_cost)
+    _, P, K, M = op.gemm
+    rows, cols = op.mask.rows, op.mask.cols
+    nnz = int(op.mask.to_array().sum(axis=(1, 2)).max())
+    csr_bytes = (rows + 1) * max(1, math.ceil((rows * cols).bit_length() / 8)) \
+        + nnz * max(1, math.ceil(max(1, (cols - 1).bit_length()) / 8))
+    head = (P * K + K * M) * op.act_bits / 8 + P * M * op.out_bits / 8 + csr_bytes
+    if head > accel.global_buffer.size_bytes:
+        raise MappingError(f"{op.name}: one head ({head / 1024:.1f} KB with its CSR data) does not fit "
+                           f"the {accel.global_buffer.size_kb:g} KB global buffer")
 
 
 def _gb_to_array_bandwidth(accel: Accelerator, chunk: Chunk) -> float:
@@ -196,7 +219,7 @@ def _block_model(chunk: Chunk, bw: float, dataflow: str, block: tuple[int, int, 
 
 def _per_mac_energy(op: OpNode, chunk: Chunk, table: EnergyTable) -> dict[str, float]:
     a, w, acc = chunk.act_bits, chunk.weight_bits, chunk.acc_bits
-    if chunk.pe_type == "mac":
+    if chunk.pe_type in ("mac", "sparse_attention"):      # sparse lines are MAC lines
         return {"mult": table.op_pj("mult", max(a, w)), "add": table.op_pj("add", acc)}
     if chunk.pe_type == "shift":
         return {"shift": table.op_pj("shift", a), "add": table.op_pj("add", acc)}
@@ -326,7 +349,66 @@ def vector_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> 
                   pes=chunk.vector_lanes, accesses=accesses, energy_pj=energy, lane_ops=lane_ops)
 
 
+def csr_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> OpCost:
+    """A masked product on a sparse_attention chunk's lines (:func:`masked_matmul_timing`).
+
+    Per head (group), in order: its operands, CSR metadata and column permutation come from DRAM
+    and its output goes back (dense blocks at full size, the sparse rest as nonzeros), double-
+    buffered against the compute of the heads; with several engines the heads' compute shares are
+    scaled so that they sum to the partitioned latency (the slowest engine).
+    """
+    validate_mapping(op, chunk, accel, mp)
+    table = load_table(accel.energy_table)
+    G, P, K, M = op.gemm
+    sddmm = op.mask_on == "out"
+    head_dim = K if sddmm else M
+    pool = SparseEngineConfig(chunk.rows // chunk.engines, chunk.cols, chunk.rows_per_cycle, chunk.acc_bits)
+    timing = masked_matmul_timing(op.group_masks(), "sddmm" if sddmm else "spmm", head_dim, pool,
+                                  chunk.engines, act_bits=op.act_bits)
+    ab, ob = op.act_bits / 8, op.out_bits / 8
+    per_head_in, per_head_out = [], []
+    for computed, meta in zip(timing.head_computed, timing.head_metadata):
+        if sddmm:       # Q and K rows in; the computed scores out
+            per_head_in.append((P * K + K * M) * ab + meta)
+            per_head_out.append(computed * ob)
+        else:           # the computed probabilities and V in; the output rows out
+            per_head_in.append((computed + K * M) * ab + meta)
+            per_head_out.append(P * M * ob)
+    total = sum(timing.head_cycles)
+    scale = timing.latency / total if total else 0.0
+    bw = accel.dram_bytes_per_cycle
+    items = [((per_head_in[h] + (per_head_out[h - 1] if h else 0.0)) / bw, timing.head_cycles[h] * scale)
+             for h in range(G)]
+    state = run_pipeline([(items, 1)], tail_transfer=per_head_out[-1] / bw)
+    dram_r, dram_w = sum(per_head_in), sum(per_head_out)
+    hw_macs = timing.hw_macs
+    reads = timing.operand_read_bytes + timing.metadata_bytes + (timing.computed * ab if not sddmm else 0.0)
+    accesses = {"dram_read": dram_r, "dram_write": dram_w, "gb_read": dram_r + dram_w, "gb_write": dram_r + dram_w,
+                "lb_read": reads if chunk.local_buffer_bytes else 0.0,
+                "lb_write": dram_r + dram_w if chunk.local_buffer_bytes else 0.0,
+                "rf_bits": hw_macs * (chunk.act_bits + chunk.weight_bits + 2 * chunk.acc_bits),
+                "noc_bits": 0.0}       # the lines read their operand ports directly
+    energy = dict.fromkeys(ENERGY_KEYS, 0.0)
+    for action, pj in _per_mac_energy(op, chunk, table).items():
+        energy[action] += pj * hw_macs
+    energy["rf"] = accesses["rf_bits"] * table.bit_pj("rf", chunk.rf_bytes_per_pe)
+    gb_cap = accel.global_buffer.size_bytes / accel.global_buffer.banks
+    energy["global_buffer"] = 8 * (accesses["gb_read"] * table.bit_pj("sram_read", gb_cap)
+                                   + accesses["gb_write"] * table.bit_pj("sram_write", gb_cap))
+    if chunk.local_buffer_bytes:
+        lb_cap = chunk.local_buffer_bytes
+        energy["local_buffer"] = 8 * (accesses["lb_read"] * table.bit_pj("sram_read", lb_cap)
+                                      + accesses["lb_write"] * table.bit_pj("sram_write", lb_cap))
+    energy["dram"] = 8 * (dram_r + dram_w) * table.bit_pj(f"dram_{accel.dram.kind}")
+    energy["leakage"] = _leakage_pj(accel, table, state.end)
+    return OpCost(op=op.name, kind=op.kind, chunk=chunk.name, dataflow=CSR_DATAFLOW, cycles=state.end,
+                  compute_cycles=timing.latency, transfer_cycles=state.transfer_busy, macs=op.macs,
+                  hw_macs=hw_macs, pes=chunk.pes, accesses=accesses, energy_pj=energy)
+
+
 def op_cost(op: OpNode, accel: Accelerator, mp: OpMapping) -> OpCost:
     """Cycles, accesses and energy of ``op`` under mapping ``mp`` (raises MappingError if invalid)."""
     chunk = accel.chunk(mp.chunk)
+    if mp.dataflow == CSR_DATAFLOW:
+        return csr_cost(op, chunk, accel, mp)
     return gemm_cost(op, chunk, accel, mp) if op.is_gemm else vector_cost(op, chunk, accel, mp)

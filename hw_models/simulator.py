@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hw_models.accelerator import Accelerator, Chunk
+from hw_models.accelerator import CSR_DATAFLOW, Accelerator, Chunk
 from hw_models.cost import ENERGY_KEYS, OpCost, op_cost, validate_mapping
 from hw_models.errors import MappingError
 from hw_models.schedule import OpMapping, Schedule
@@ -91,15 +91,24 @@ class SimResult:
 
 
 def preferred_chunk(op: OpNode, accel: Accelerator) -> Chunk:
-    """The chunk whose PE type matches the op's arithmetic, else the first that supports the kind."""
+    """A csr chunk for a masked product, else the chunk whose PE type matches the op's arithmetic,
+    else the first that supports the kind."""
     candidates = accel.chunks_for(op.kind)
     if not candidates:
         raise MappingError(f"{op.name}: no chunk of {accel.name} supports {op.kind} "
                            f"(chunks: {', '.join(f'{c.name}={c.pe_type}' for c in accel.chunks)})")
     for c in candidates:
+        if uses_csr(op, c):
+            return c
+    for c in candidates:
         if op.is_gemm and c.pe_type == op.family:
             return c
     return candidates[0]
+
+
+def uses_csr(op: OpNode, chunk: Chunk) -> bool:
+    """Whether ``op`` runs on ``chunk``'s sparse lines (a masked product on a csr chunk)."""
+    return op.kind == "sparse_matmul" and op.mask is not None and CSR_DATAFLOW in chunk.dataflows
 
 
 def default_mapping(op: OpNode, accel: Accelerator, chunk: Chunk | None = None) -> OpMapping:
@@ -116,7 +125,14 @@ def default_mapping(op: OpNode, accel: Accelerator, chunk: Chunk | None = None) 
                     raise
                 block = math.ceil(block / 2)
     _, P, K, M = op.gemm
-    dataflow = chunk.dataflows[0]
+    if uses_csr(op, chunk):
+        mp = OpMapping(op.name, chunk.name, CSR_DATAFLOW, (P, K, M))
+        validate_mapping(op, chunk, accel, mp)
+        return mp
+    if not chunk.gemm_dataflows:
+        raise MappingError(f"{op.name}: chunk {chunk.name} has only the csr dataflow, which needs a masked "
+                           "sparse_matmul")
+    dataflow = chunk.gemm_dataflows[0]
     gb = [P, K, M]
     while True:
         p, k, m = gb

@@ -27,6 +27,8 @@ GEMM_KINDS = frozenset({
 })
 VECTOR_KINDS = frozenset({"softmax", "eltwise", "pool"})
 KINDS = GEMM_KINDS | VECTOR_KINDS
+#: What a sparse_matmul's mask covers: the output (SDDMM) or operand A (SpMM).
+MASK_TARGETS = ("out", "a")
 
 #: Arithmetic family of each GEMM kind: what one "MAC" of it costs in operations.
 FAMILY = {
@@ -278,8 +280,11 @@ class Mask:
 class OpNode:
     """One operator. ``weight_bits`` is the width of operand B (a weight, or K/V for attention).
 
-    ``density`` (0, 1] is the fraction of the GEMM output a ``sparse_matmul`` computes; ``mask``,
-    when given, is the exact pattern (over rows x cols of the output) and overrides ``density``.
+    ``density`` (0, 1] is the fraction of the MACs a ``sparse_matmul`` performs; ``mask``, when
+    given, is the exact pattern and overrides ``density``. ``mask_on`` says what it masks: ``"out"``
+    the (rows x cols) output (an SDDMM such as masked Q.K^T), ``"a"`` operand A's (rows x inner)
+    entries (an SpMM such as A.V with a sparse attention map). A mask of ``b`` batches serves groups
+    ``g`` with ``g % b == 0``: group ``i`` uses batch ``i % b`` (e.g. per-head masks, any image batch).
     """
 
     name: str
@@ -290,6 +295,7 @@ class OpNode:
     out_bits: int = 8
     density: float = 1.0
     mask: Mask | None = None
+    mask_on: str = "out"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -308,13 +314,17 @@ class OpNode:
             raise WorkloadError(f"{self.name}: only sparse_matmul takes a density, {self.kind} is dense")
         if self.kind == "eltwise" and self.shape.op not in ELTWISE_OPS:
             raise WorkloadError(f"{self.name}: unknown eltwise op {self.shape.op!r} (known: {', '.join(ELTWISE_OPS)})")
+        if self.mask_on not in MASK_TARGETS:
+            raise WorkloadError(f"{self.name}: mask_on must be one of {', '.join(MASK_TARGETS)}, got {self.mask_on!r}")
         if self.mask is not None:
             if self.kind != "sparse_matmul":
                 raise WorkloadError(f"{self.name}: only sparse_matmul takes a mask")
-            g, p, _, m = self.gemm
-            if (self.mask.batch, self.mask.rows, self.mask.cols) not in ((g, p, m), (1, p, m)):
+            g, p, k, m = self.gemm
+            rows, cols = (p, m) if self.mask_on == "out" else (p, k)
+            what = "output" if self.mask_on == "out" else "operand A"
+            if (self.mask.rows, self.mask.cols) != (rows, cols) or g % self.mask.batch:
                 raise WorkloadError(f"{self.name}: mask shape {(self.mask.batch, self.mask.rows, self.mask.cols)} "
-                                    f"does not match output ({g}, {p}, {m})")
+                                    f"does not match the {what} ({g}, {rows}, {cols}) (batch must divide {g})")
 
     # -- GEMM view --------------------------------------------------------------------------
     @property
@@ -335,13 +345,21 @@ class OpNode:
 
     @property
     def output_density(self) -> float:
-        """Fraction of GEMM outputs actually computed (1 for dense kinds)."""
+        """Fraction of the dense GEMM's MACs actually performed (1 for dense kinds)."""
         if self.kind != "sparse_matmul":
             return 1.0
         if self.mask is not None:
             arr = self.mask.to_array()
             return float(arr.sum()) / arr.size
         return self.density
+
+    def group_masks(self) -> np.ndarray:
+        """The (groups, rows, cols) mask of every GEMM group (all True without a mask)."""
+        g, p, k, m = self.gemm
+        if self.mask is None:
+            return np.ones((g, p, m if self.mask_on == "out" else k), dtype=bool)
+        arr = self.mask.to_array()
+        return arr[np.arange(g) % arr.shape[0]]
 
     @property
     def macs(self) -> int:
@@ -353,7 +371,7 @@ class OpNode:
             if self.mask is not None:
                 arr = self.mask.to_array()
                 per_batch = g // arr.shape[0]
-                return int(arr.sum()) * per_batch * k
+                return int(arr.sum()) * per_batch * (k if self.mask_on == "out" else m)
             return int(round(g * p * m * self.density)) * k
         return g * p * k * m
 
@@ -396,6 +414,8 @@ class OpNode:
              "density": self.density}
         if self.mask is not None:
             d["mask"] = asdict(self.mask)
+        if self.mask_on != "out":
+            d["mask_on"] = self.mask_on
         return d
 
     @classmethod
@@ -410,7 +430,7 @@ class OpNode:
             mask = Mask(**d["mask"]) if d.get("mask") else None
             return cls(name=d["name"], kind=kind, shape=shape, act_bits=d.get("act_bits", 8),
                        weight_bits=d.get("weight_bits", 8), out_bits=d.get("out_bits", 8),
-                       density=d.get("density", 1.0), mask=mask)
+                       density=d.get("density", 1.0), mask=mask, mask_on=d.get("mask_on", "out"))
         except KeyError as exc:
             raise WorkloadError(f"op {d.get('name', '?')}: missing field {exc.args[0]!r}") from None
         except TypeError as exc:

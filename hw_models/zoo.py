@@ -15,8 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from hw_models.errors import WorkloadError
-from hw_models.workload import ConvShape, LinearShape, MatmulShape, OpNode, PoolShape, VectorShape, Workload
+from hw_models.workload import (ConvShape, LinearShape, Mask, MatmulShape, OpNode, PoolShape, VectorShape,
+                                Workload)
 
 #: Weight width of shift layers: 1 sign bit + 4-bit power-of-two exponent (DeepShift).
 SHIFT_WEIGHT_BITS = 5
@@ -93,10 +96,11 @@ class NetBuilder:
         self.shift_weight_bits = shift_weight_bits
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _emit(self, name: str, kind: str, shape, inputs: Sequence[Value], result: Value) -> Value:
+    def _emit(self, name: str, kind: str, shape, inputs: Sequence[Value], result: Value,
+              mask: Mask | None = None, mask_on: str = "out") -> Value:
         weight_bits = self.shift_weight_bits if kind in ("shift_conv", "shift_linear") else self.weight_bits
         op = OpNode(name=name, kind=kind, shape=shape, act_bits=self.act_bits,
-                    weight_bits=weight_bits, out_bits=self.out_bits)
+                    weight_bits=weight_bits, out_bits=self.out_bits, mask=mask, mask_on=mask_on)
         self.workload.add(op, _srcs(*inputs))
         self.x = replace(result, op=name)
         return self.x
@@ -180,19 +184,32 @@ class NetBuilder:
         self.x = replace(x, tokens=count)
         return self.x
 
-    def attention(self, prefix: str, heads: int, src: Value | None = None) -> Tokens:
-        """Multi-head self-attention: qkv, QK^T, softmax, AV, proj (ops named ``prefix.*``)."""
+    def attention(self, prefix: str, heads: int, src: Value | None = None,
+                  mask: np.ndarray | None = None) -> Tokens:
+        """Multi-head self-attention: qkv, QK^T, softmax, AV, proj (ops named ``prefix.*``).
+
+        With a fixed (heads, tokens, tokens) boolean ``mask`` (ViTCoD), QK^T is a ``sparse_matmul``
+        masking its output (SDDMM), A.V one masking operand A (SpMM), and the softmax only
+        normalises the kept scores.
+        """
         x = self._tokens(src, f"{prefix}.qkv")
         if x.dim % heads:
             raise WorkloadError(f"{prefix}: {heads} heads do not divide dim {x.dim}")
         hd, t, g = x.dim // heads, x.tokens, x.n * heads
         qkv = self.linear(f"{prefix}.qkv", 3 * x.dim, src=x)
-        scores = self._emit(f"{prefix}.qk", "matmul", MatmulShape(batch=g, rows=t, inner=hd, cols=t),
-                            [qkv], Tokens(None, x.n, t, heads * t))
-        probs = self._emit(f"{prefix}.softmax", "softmax", VectorShape(elements=g * t * t, row_len=t),
+        kind, kept, packed = "matmul", g * t * t, None
+        if mask is not None:
+            arr = np.asarray(mask, dtype=bool)
+            if arr.shape != (heads, t, t):
+                raise WorkloadError(f"{prefix}: attention mask must be ({heads}, {t}, {t}), got {arr.shape}")
+            kind, kept, packed = "sparse_matmul", x.n * int(arr.sum()), Mask.from_array(arr)
+        scores = self._emit(f"{prefix}.qk", kind, MatmulShape(batch=g, rows=t, inner=hd, cols=t),
+                            [qkv], Tokens(None, x.n, t, heads * t), mask=packed)
+        probs = self._emit(f"{prefix}.softmax", "softmax", VectorShape(elements=kept, row_len=t),
                            [scores], scores)
-        ctx = self._emit(f"{prefix}.av", "matmul", MatmulShape(batch=g, rows=t, inner=t, cols=hd),
-                         [probs, qkv], Tokens(None, x.n, t, x.dim))
+        ctx = self._emit(f"{prefix}.av", kind, MatmulShape(batch=g, rows=t, inner=t, cols=hd),
+                         [probs, qkv], Tokens(None, x.n, t, x.dim), mask=packed,
+                         mask_on="out" if packed is None else "a")
         return self.linear(f"{prefix}.proj", x.dim, src=ctx)
 
     def mlp(self, prefix: str, hidden: int, act: str = "gelu", src: Value | None = None) -> Tokens:
@@ -300,10 +317,12 @@ def mobilenetv2_cifar(name: str = "mobilenetv2-cifar", description: str = "",
 
 def vit(name: str, embed_dim: int, depth: int, heads: int, image_size: int = 224, patch: int = 16,
         mlp_ratio: float = 4.0, num_classes: int = 1000, cls_token: bool = True, in_chans: int = 3,
-        batch: int = 1, description: str = "") -> Workload:
+        batch: int = 1, description: str = "",
+        masks: Sequence[np.ndarray] | None = None) -> Workload:
     """A ViT/DeiT encoder: conv patch embedding, ``depth`` pre-norm blocks, final norm, CLS head.
 
     Tokens = (image_size / patch)^2 (+1 with ``cls_token``); e.g. 224/16 -> 197, 32/4 -> 65.
+    ``masks``: one fixed (heads, tokens, tokens) attention mask per block (sparse attention).
     Ops are named ``patch_embed``, ``block{i}.{norm1,attn.qkv,attn.qk,attn.softmax,attn.av,
     attn.proj,add1,norm2,mlp.fc1,mlp.gelu,mlp.fc2,add2}``, ``norm``, ``head``. The positional
     embedding add and the CLS concat are omitted (no MACs, < 0.01 % of the element-wise work).
@@ -311,13 +330,16 @@ def vit(name: str, embed_dim: int, depth: int, heads: int, image_size: int = 224
     if image_size % patch:
         raise WorkloadError(f"{name}: patch {patch} does not divide image size {image_size}")
     hidden = int(round(embed_dim * mlp_ratio))
+    if masks is not None and len(masks) != depth:
+        raise WorkloadError(f"{name}: {len(masks)} attention masks given for {depth} blocks")
     b = NetBuilder(name, (batch, in_chans, image_size, image_size), description)
     b.conv("patch_embed", embed_dim, patch, stride=patch, pad=0)
     x = b.to_tokens(extra=1 if cls_token else 0)
     for i in range(depth):
         p = f"block{i}"
         b.act(f"{p}.norm1", "layernorm", src=x)
-        x = b.add(f"{p}.add1", b.attention(f"{p}.attn", heads), x)
+        mask = None if masks is None else masks[i]
+        x = b.add(f"{p}.add1", b.attention(f"{p}.attn", heads, mask=mask), x)
         b.act(f"{p}.norm2", "layernorm", src=x)
         x = b.add(f"{p}.add2", b.mlp(f"{p}.mlp", hidden), x)
     b.act("norm", "layernorm", src=x)
@@ -326,10 +348,58 @@ def vit(name: str, embed_dim: int, depth: int, heads: int, image_size: int = 224
     return b.build()
 
 
-def deit(name: str, embed_dim: int, heads: int, description: str = "") -> Workload:
-    """DeiT at 224x224 / patch 16 (197 tokens), depth 12, MLP ratio 4; Tiny = (192, 3), Small = (384, 6)."""
+def deit(name: str, embed_dim: int, heads: int, description: str = "", sparsity: float | None = None) -> Workload:
+    """DeiT at 224x224 / patch 16 (197 tokens), depth 12, MLP ratio 4; Tiny = (192, 3), Small = (384, 6).
+
+    With ``sparsity``, every block gets :func:`synthetic_attention_masks` (seeded by the block index).
+    """
+    masks = None
+    if sparsity is not None:
+        masks = [synthetic_attention_masks(197, heads, sparsity, seed=i, grid=14) for i in range(12)]
     return vit(name, embed_dim=embed_dim, depth=12, heads=heads, image_size=224, patch=16,
-               mlp_ratio=4.0, num_classes=1000, description=description)
+               mlp_ratio=4.0, num_classes=1000, description=description, masks=masks)
+
+
+def attention_masks(workload: Workload) -> list[np.ndarray] | None:
+    """The fixed (heads, tokens, tokens) mask of every masked QK^T, in order (None if there are none)."""
+    masks = [op.mask.to_array() for op in workload.ops()
+             if op.kind == "sparse_matmul" and op.mask is not None and op.mask_on == "out"]
+    return masks or None
+
+
+def synthetic_attention_masks(tokens: int, heads: int, sparsity: float, seed: int = 0,
+                              grid: int | None = None) -> np.ndarray:
+    """ViTCoD-shaped fixed attention masks (heads, tokens, tokens) at exactly ``sparsity``.
+
+    **Synthetic**, for hardware studies where no trained model is at hand (DeiT-Small's weights are
+    not shipped): the structure follows what ViTCoD reports for trained DeiTs -- a few global token
+    columns every query keeps (the CLS token and 0-3 % of the tokens per head), each query's
+    spatial neighbourhood on the ``grid`` x ``grid`` patch map (token 0 is CLS), then random
+    entries favouring a few heavily attended tokens (column weights ~ u^3) -- taken in that priority order until ``round((1 - sparsity) * tokens^2)`` are kept
+    (at least the diagonal: one token per row). Masks from a trained model replace these through
+    ``vit(masks=...)`` (see ``search_spaces.vitcod``).
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise WorkloadError(f"sparsity must be in [0, 1), got {sparsity}")
+    rng = np.random.default_rng(seed)
+    n = tokens
+    keep = max(n, round((1.0 - sparsity) * n * n))
+    patches = n - 1
+    grid = grid or max(1, round(patches ** 0.5))
+    pos = np.array([(-100, -100)] + [divmod(i, grid) for i in range(patches)])
+    dist = np.abs(pos[:, None, :] - pos[None, :, :]).max(axis=2)        # Chebyshev distance on the map
+    masks = np.zeros((heads, n, n), dtype=bool)
+    for h in range(heads):
+        globals_ = np.concatenate([[0], rng.choice(np.arange(1, n), size=int(rng.integers(0, max(1, round(0.03 * n)) + 1)),
+                                                   replace=False)])
+        popularity = np.sort(rng.random(n)) ** 3                       # heavy-tailed token importance
+        prio = rng.random((n, n)) * rng.permutation(popularity)[None, :]  # random fill: [0, 1)
+        prio += np.where(dist <= 3, 4.0 - dist, 0.0)                      # local window: (1, 4]
+        prio[:, globals_] += 10.0
+        np.fill_diagonal(prio, 100.0)
+        flat = np.argsort(-prio, axis=None, kind="stable")[:keep]
+        masks[h].flat[flat] = True
+    return masks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,6 +416,8 @@ _DESCRIPTIONS = {
     "resnet18": "torchvision ResNet-18 for 1x3x224x224, 1000 classes",
     "deit-tiny": "DeiT-Tiny: ViT with dim 192, 3 heads, depth 12, 197 tokens (224x224, patch 16)",
     "deit-small": "DeiT-Small: ViT with dim 384, 6 heads, depth 12, 197 tokens (224x224, patch 16)",
+    **{f"deit-small-sparse{p}": f"DeiT-Small with fixed {p} % sparse attention (synthetic ViTCoD-shaped masks)"
+       for p in (50, 70, 90)},
 }
 
 
@@ -363,6 +435,8 @@ BUILTIN: dict[str, tuple[Callable[[], Workload], str]] = {
     "resnet18": (lambda: resnet18("resnet18", _DESCRIPTIONS["resnet18"]), _DESCRIPTIONS["resnet18"]),
     "deit-tiny": (lambda: deit("deit-tiny", 192, 3, _DESCRIPTIONS["deit-tiny"]), _DESCRIPTIONS["deit-tiny"]),
     "deit-small": (lambda: deit("deit-small", 384, 6, _DESCRIPTIONS["deit-small"]), _DESCRIPTIONS["deit-small"]),
+    **{name: ((lambda name=name, p=p: deit(name, 384, 6, _DESCRIPTIONS[name], sparsity=p / 100)), _DESCRIPTIONS[name])
+       for p in (50, 70, 90) for name in [f"deit-small-sparse{p}"]},
 }
 
 

@@ -162,6 +162,8 @@ class SDDMM(_MaskHolder):
     zeroes them. Inputs (B, H, N, d) and (B, H, d, N).
     """
 
+    mask_on = "out"        # the IR mask covers the output (read by the lowering)
+
     def forward(self, q: torch.Tensor, k_t: torch.Tensor) -> torch.Tensor:
         scores = torch.matmul(q, k_t)
         if self.mask is not None:
@@ -171,6 +173,8 @@ class SDDMM(_MaskHolder):
 
 class SpMM(_MaskHolder):
     """Sparse-dense matmul: out = (A * mask) @ V; only the mask's entries of A contribute."""
+
+    mask_on = "a"          # the IR mask covers operand A
 
     def forward(self, attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:

@@ -248,6 +248,18 @@ class VisionTransformer(nn.Module):
         return self.head(x[:, 0])
 
 
+def _masked_deit_small(masks: Sequence) -> nn.Module:
+    """DeiT-Small with one fixed (6, 197, 197) attention mask per block."""
+    from search_spaces.vit import MaskedViT, vit_config
+
+    model = MaskedViT(vit_config("deit-small"))
+    if len(masks) != len(model.blocks):
+        raise ValueError(f"deit-small needs {len(model.blocks)} attention masks, got {len(masks)}")
+    for block, mask in zip(model.blocks, masks):
+        block.attn.set_mask(torch.as_tensor(mask, dtype=torch.bool))
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry (names as in hw_models.zoo.BUILTIN)
 
@@ -263,7 +275,11 @@ ZOO_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int, int]]]
     "resnet18": (ResNet18, _IMAGENET),
     "deit-tiny": (lambda: VisionTransformer(192, 12, 3), _IMAGENET),
     "deit-small": (lambda: VisionTransformer(384, 12, 6), _IMAGENET),
+    **{f"deit-small-sparse{p}": (_masked_deit_small, _IMAGENET) for p in (50, 70, 90)},
 }
+#: Models whose factory takes the IR's fixed attention masks (search_spaces does not import hw_models;
+#: the caller passes ``hw_models.zoo.attention_masks(workload)``).
+MASKED_MODELS = frozenset(name for name in ZOO_MODELS if "-sparse" in name)
 
 
 def zoo_model_names() -> list[str]:
@@ -278,13 +294,15 @@ def input_shape_of(name: str) -> tuple[int, int, int, int]:
         raise KeyError(f"no PyTorch equivalent for {name!r}; known: {', '.join(ZOO_MODELS)}") from None
 
 
-def build_zoo_model(name: str, seed: int = 0) -> nn.Module:
-    """A fresh, deterministically initialised model in eval mode."""
+def build_zoo_model(name: str, seed: int = 0, masks: Sequence | None = None) -> nn.Module:
+    """A fresh, deterministically initialised model in eval mode (``masks``: see MASKED_MODELS)."""
     try:
         factory = ZOO_MODELS[name][0]
     except KeyError:
         raise KeyError(f"no PyTorch equivalent for {name!r}; known: {', '.join(ZOO_MODELS)}") from None
+    if (name in MASKED_MODELS) != (masks is not None):
+        raise ValueError(f"{name}: attention masks must be given exactly for {', '.join(sorted(MASKED_MODELS))}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = factory()
+        model = factory() if masks is None else factory(masks)
     return model.eval()

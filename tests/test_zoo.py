@@ -15,7 +15,8 @@ from hw_models.workload import MatmulShape, Workload
 from hw_models.zoo import BUILTIN, NetBuilder, builtin_names, cifar_resnet, get_builtin, vit
 
 EXPECTED_NAMES = ["resnet20-conv", "resnet20-shift", "resnet20-adder", "resnet20-hybrid",
-                  "mobilenetv2-cifar", "resnet18", "deit-tiny", "deit-small"]
+                  "mobilenetv2-cifar", "resnet18", "deit-tiny", "deit-small",
+                  "deit-small-sparse50", "deit-small-sparse70", "deit-small-sparse90"]
 
 
 @pytest.fixture(scope="module")

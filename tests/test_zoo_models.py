@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 import torch.nn as nn  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from hw_models.zoo import builtin_names, get_builtin  # noqa: E402
+from hw_models.zoo import attention_masks, builtin_names, get_builtin  # noqa: E402
 from search_spaces import AdderConv2d, ShiftConv2d  # noqa: E402
-from search_spaces.zoo_models import build_zoo_model, input_shape_of, zoo_model_names  # noqa: E402
+from search_spaces.zoo_models import MASKED_MODELS, build_zoo_model, input_shape_of, zoo_model_names  # noqa: E402
 
 FAMILY_OF = {nn.Conv2d: "mac", ShiftConv2d: "shift", AdderConv2d: "adder"}
 
@@ -71,7 +71,7 @@ def torch_gemms(model, shape):
 @functools.lru_cache(maxsize=None)
 def twin(name):
     """One built model per name for the module (the tests only read it)."""
-    return build_zoo_model(name)
+    return build_zoo_model(name, masks=attention_masks(get_builtin(name)) if name in MASKED_MODELS else None)
 
 
 def ir_gemms(wl):
@@ -90,7 +90,9 @@ def test_torch_layers_match_the_ir(name):
     assert shape == (wl.ops()[0].shape.n, wl.ops()[0].shape.c, wl.ops()[0].shape.h, wl.ops()[0].shape.w)
     got, y = torch_gemms(model, shape)
     assert got == ir_gemms(wl)
-    assert sum(g * p * k * m for _, (g, p, k, m) in got) == wl.macs
+    dense_macs = sum(g * p * k * m for _, (g, p, k, m) in ir_gemms(wl))     # sparse twins run dense matmuls
+    assert sum(g * p * k * m for _, (g, p, k, m) in got) == dense_macs
+    assert (wl.macs < dense_macs) if "sparse" in name else (wl.macs == dense_macs)
     classes = 10 if "cifar" in name or name.startswith("resnet20") else 1000
     assert tuple(y.shape) == (1, classes) and torch.isfinite(y).all()
 
@@ -122,6 +124,13 @@ def test_shift_and_adder_layers_use_the_zoo_bit_widths():
     assert all(m.ir_bits() == (adder_ir.act_bits, adder_ir.weight_bits) for m in adders)
 
 
+def test_masked_twins_need_their_masks():
+    with pytest.raises(ValueError, match="attention masks must be given exactly for"):
+        build_zoo_model("deit-small-sparse90")
+    with pytest.raises(ValueError, match="needs 12 attention masks, got 1"):
+        build_zoo_model("deit-small-sparse90", masks=attention_masks(get_builtin("deit-small-sparse90"))[:1])
+
+
 def test_build_is_deterministic():
     a = build_zoo_model("resnet20-shift", seed=3)
     b = build_zoo_model("resnet20-shift", seed=3)
@@ -138,5 +147,7 @@ def test_lowering_matches_the_ir(name):
     wl = get_builtin(name)
     lowered = lower.lower_model(twin(name), input_shape_of(name), name=name)
     assert lowered.macs == wl.macs
+    masked = [(op.mask, op.mask_on) for op in wl.ops() if op.mask is not None]
+    assert [(op.mask, op.mask_on) for op in lowered.ops() if op.mask is not None] == masked
     assert sorted((op.kind, op.gemm) for op in lowered.ops() if op.is_gemm) == \
         sorted((op.kind, op.gemm) for op in wl.ops() if op.is_gemm)

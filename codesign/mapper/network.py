@@ -27,14 +27,14 @@ import zlib
 from dataclasses import dataclass, field, replace
 import numpy as np
 
-from hw_models.accelerator import Accelerator
+from hw_models.accelerator import Accelerator, Chunk
 from hw_models.cost import _leakage_pj, op_cost
 from hw_models.energy import load_table
 from hw_models.errors import MappingError
 from hw_models.schedule import Schedule
-from hw_models.simulator import default_mapping
+from hw_models.simulator import default_mapping, uses_csr
 from hw_models.workload import OpNode, Workload
-from codesign.mapper.search import FULL, Effort, Option, search_gemm, search_vector
+from codesign.mapper.search import FULL, Effort, Option, SearchStats, search_gemm, search_vector
 
 OBJECTIVES = ("edp", "latency", "energy")
 MODES = ("latency", "throughput")
@@ -229,6 +229,12 @@ class Mapper:
         self.stats.op_cost_calls += 1
         return Option(mp.chunk, mp, cost.cycles, cost.total_energy_pj)
 
+    def _csr_option(self, op: OpNode, chunk: Chunk) -> Option:
+        mp = default_mapping(op, self.accel, chunk)
+        cost = op_cost(op, self.accel, mp)
+        self.stats.op_cost_calls += 1
+        return Option(chunk.name, mp, cost.cycles, cost.total_energy_pj)
+
     def collect_options(self, lam: float, deadline: float, defaults: dict[str, Option]) -> dict[str, list[Option]]:
         from tqdm import tqdm
 
@@ -259,8 +265,14 @@ class Mapper:
                         found.extend(replace(o, energy=o.energy + o.cycles * (self._leak - leak)) for o in cached)
                         continue
                     if op.is_gemm:
-                        opts, st = search_gemm(op, chunk, self.accel, w_c, w_e, _seed(self.seed, (key, chunk.name)),
-                                               effort=self.effort, deadline=job_deadline)
+                        opts, st = [], SearchStats()
+                        if uses_csr(op, chunk):                 # the sparse lines: one fixed mapping
+                            opts.append(self._csr_option(op, chunk))
+                        if chunk.gemm_dataflows:                # computing it dense may still win
+                            dense, st = search_gemm(op, chunk, self.accel, w_c, w_e,
+                                                    _seed(self.seed, (key, chunk.name)),
+                                                    effort=self.effort, deadline=job_deadline)
+                            opts.extend(dense)
                     else:
                         opts, st = search_vector(op, chunk, self.accel, w_c, w_e)
                     found.extend(opts)

@@ -19,7 +19,7 @@ from typing import Any
 
 from hw_models.errors import CodesignError, WorkloadError
 from hw_models.workload import Workload
-from hw_models.zoo import BUILTIN, get_builtin
+from hw_models.zoo import BUILTIN, attention_masks, get_builtin
 
 NO_CPU_FOR_JSON = ("a bare workload JSON holds shapes only (no weights, no PyTorch code), so it cannot be run "
                    "on a CPU or GPU: no measured baseline is reported")
@@ -147,8 +147,8 @@ def resolve_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Reso
         shape = _builtin_shape(wl)
         rm = ResolvedModel(spec, spec, "built-in workload", wl, shape, description=BUILTIN[spec][1])
         try:
-            from search_spaces.zoo_models import build_zoo_model
-            rm.module = build_zoo_model(spec)
+            from search_spaces.zoo_models import MASKED_MODELS, build_zoo_model
+            rm.module = build_zoo_model(spec, masks=attention_masks(wl) if spec in MASKED_MODELS else None)
             rm.notes.append("PyTorch model: search_spaces.zoo_models equivalent of the built-in (random weights; "
                             "same layers and shapes as the IR)")
         except ImportError as exc:

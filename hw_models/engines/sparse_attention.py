@@ -110,7 +110,7 @@ __all__ = [
     "dense_gemm_tiles", "dense_gemm_cycles", "dense_gemm_stepper", "dense_block_cycles",
     "autoencoder_shapes", "autoencoder_cycles", "qk_transfer_bytes",
     "HeadTiming", "head_timing", "partition_heads", "polarize_mask", "LayerTiming", "attention_layer_timing",
-    "PooledHeadTiming", "pooled_head_timing",
+    "PooledHeadTiming", "pooled_head_timing", "MaskedMatmulTiming", "masked_matmul_timing",
 ]
 
 
@@ -792,6 +792,36 @@ class PooledHeadTiming(PhaseTiming):
     lines_sparse: int = 0
 
 
+def _split_pool(block: CSR | None, rest: CSR | None, head_dim: int, pool: SparseEngineConfig,
+                phases: Sequence[str]) -> tuple[int, list[tuple[int, int]]]:
+    """Dense lines ``D`` (0..L) minimising the summed phase times, and each phase's (dense, sparse)
+    cycles: ``D`` lines run the all-ones global block, ``L - D`` the sparse rest, concurrently."""
+    has_block = block is not None and block.nnz > 0
+    has_rest = rest is not None and rest.nnz > 0
+    L = pool.lines
+    timing = {"sddmm": sddmm_cycles, "spmm": spmm_cycles}
+    best: tuple[int, int, list[tuple[int, int]]] | None = None
+    for d_lines in range(0, L + 1):
+        if (has_block and d_lines == 0) or (has_rest and d_lines == L) or (not has_block and d_lines):
+            continue
+        per_phase = []
+        for phase in phases:
+            dc = sc = 0
+            if has_block:
+                dc = timing[phase](SparseEngineConfig(d_lines, pool.macs_per_line, pool.rows_per_cycle,
+                                                      pool.acc_bits), block, head_dim)
+            if has_rest:
+                sc = timing[phase](SparseEngineConfig(L - d_lines, pool.macs_per_line, pool.rows_per_cycle,
+                                                      pool.acc_bits), rest, head_dim)
+            per_phase.append((dc, sc))
+        total = sum(max(p) for p in per_phase)
+        if best is None or total < best[0]:
+            best = (total, d_lines, per_phase)
+    if best is None:                                  # nothing to compute
+        return 0, [(0, 0) for _ in phases]
+    return best[1], best[2]
+
+
 def pooled_head_timing(polarized_mask: np.ndarray, num_global: int, head_dim: int,
                        pool: SparseEngineConfig) -> PooledHeadTiming:
     """ViTCoD's per-head split of one pool of MAC lines (its simulator: ``dense_PE_width = PE_width x
@@ -807,23 +837,118 @@ def pooled_head_timing(polarized_mask: np.ndarray, num_global: int, head_dim: in
         raise ValueError(f"need an (N, N) mask and 0 <= num_global <= N, got {m.shape}, {num_global}")
     block = CSR.from_dense(np.ones((n, num_global), bool)) if num_global else None
     rest = CSR.from_dense(m[:, num_global:]) if num_global < n else None
+    d_lines, ((dq, sq), (da, sa)) = _split_pool(block, rest, head_dim, pool, ("sddmm", "spmm"))
     has_rest = rest is not None and rest.nnz > 0
-    L = pool.lines
-    best = None
-    for d_lines in range(0, L + 1):
-        if (block is not None and d_lines == 0) or (has_rest and d_lines == L):
-            continue
-        if block is None and d_lines:
-            break
-        dq = da = sq = sa = 0
-        if block is not None:
-            dcfg = SparseEngineConfig(d_lines, pool.macs_per_line, pool.rows_per_cycle, pool.acc_bits)
-            dq, da = sddmm_cycles(dcfg, block, head_dim), spmm_cycles(dcfg, block, head_dim)
-        if has_rest:
-            scfg = SparseEngineConfig(L - d_lines, pool.macs_per_line, pool.rows_per_cycle, pool.acc_bits)
-            sq, sa = sddmm_cycles(scfg, rest, head_dim), spmm_cycles(scfg, rest, head_dim)
-        cand = PooledHeadTiming(dense_qk=dq, sparse_qk=sq, dense_av=da, sparse_av=sa, lines_dense=d_lines,
-                                lines_sparse=L - d_lines if has_rest else 0)
-        if best is None or cand.total < best.total:
-            best = cand
-    return best
+    return PooledHeadTiming(dense_qk=dq, sparse_qk=sq, dense_av=da, sparse_av=sa, lines_dense=d_lines,
+                            lines_sparse=pool.lines - d_lines if has_rest else 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# one masked product (all heads of an IR op) on pools of lines: what hw_models.cost charges
+
+
+@dataclass(frozen=True)
+class MaskedMatmulTiming:
+    """Cycles and traffic of one masked product (SDDMM or SpMM) over all its heads (groups).
+
+    Every head is polarized (:func:`polarize_mask`; column-only for non-square masks): its global
+    columns form a dense ``rows x G`` block, the rest a CSR matrix; a pool of lines splits itself
+    per head between the two (:func:`pooled_head_timing`'s rule, here per phase). Heads are then
+    partitioned over ``engines`` identical pools, longest first; latency = the slowest pool.
+    """
+
+    head_cycles: tuple[int, ...]
+    engine_loads: tuple[float, ...]
+    num_global: tuple[int, ...]
+    lines_dense: tuple[int, ...]
+    head_computed: tuple[int, ...]   # entries computed: the dense block (masked entries too) + rest nnz
+    head_metadata: tuple[int, ...]   # CSR pointers + indices of the rest, plus the column permutation
+    sparse_nnz: int                  # nonzeros handled through the CSR format
+    operand_read_bytes: int          # on-chip operand buffers -> lines (row operands broadcast per row segment)
+    hw_macs: int                     # multiplier slots occupied: computed x C x W
+
+    @property
+    def latency(self) -> float:
+        return max(self.engine_loads, default=0.0)
+
+    @property
+    def computed(self) -> int:
+        return sum(self.head_computed)
+
+    @property
+    def metadata_bytes(self) -> int:
+        return sum(self.head_metadata)
+
+
+def _polarize_columns(mask: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """(mask with its global columns first, G) -- symmetric permutation for square masks."""
+    rows, cols = mask.shape
+    if rows == cols:
+        _, pm, g = polarize_mask(mask, threshold)
+        return pm[0], int(g[0])
+    is_global = mask.sum(axis=0) > threshold * rows
+    order = np.argsort(~is_global, kind="stable")
+    return mask[:, order], int(is_global.sum())
+
+
+_MASKED_CACHE: dict[tuple, tuple] = {}
+
+
+def _row_segments(csr: CSR, lines: int) -> int:
+    """Distinct (wave, row) pairs of the flat wave stream: the row-operand reads of a run."""
+    if csr.nnz == 0 or lines < 1:
+        return 0
+    wave = np.arange(csr.nnz) // lines
+    row = csr.row_ids()
+    return 1 + int(np.count_nonzero((np.diff(wave) != 0) | (np.diff(row) != 0)))
+
+
+def _masked_head(mask: np.ndarray, phase: str, head_dim: int, pool: SparseEngineConfig, threshold: float,
+                 act_bits: int) -> tuple:
+    """(cycles, G, dense lines, computed, rest nnz, metadata bytes, operand read bytes) of one head."""
+    key = (np.packbits(mask).tobytes(), mask.shape, phase, head_dim, pool, threshold, act_bits)
+    hit = _MASKED_CACHE.get(key)
+    if hit is not None:
+        return hit
+    rows, cols = mask.shape
+    pm, g = _polarize_columns(mask, threshold)
+    block = CSR.from_dense(np.ones((rows, g), bool)) if g else None
+    rest = CSR.from_dense(pm[:, g:]) if g < cols else None
+    d_lines, [(dc, sc)] = _split_pool(block, rest, head_dim, pool, (phase,))
+    rest_nnz = rest.nnz if rest is not None else 0
+    computed = rows * g + rest_nnz
+    perm_bytes = cols * max(1, math.ceil(max(1, (cols - 1).bit_length()) / 8)) if g else 0
+    meta = (rest.metadata_bytes if rest is not None and rest_nnz else 0) + perm_bytes
+    # operand reads: the row operand (q_i; the SpMM's output row) once per row segment of a wave,
+    # broadcast to that row's lines; the column operand (k_j, v_j) once per nonzero
+    segments = (_row_segments(block, d_lines) if g else 0) + (_row_segments(rest, pool.lines - d_lines)
+                                                             if rest_nnz else 0)
+    per_nz = 1 if phase == "sddmm" else 0
+    reads = math.ceil((computed + per_nz * segments) * head_dim * act_bits / 8)
+    out = (max(dc, sc), g, d_lines, computed, rest_nnz, meta, reads)
+    if len(_MASKED_CACHE) > 100_000:
+        _MASKED_CACHE.clear()
+    _MASKED_CACHE[key] = out
+    return out
+
+
+def masked_matmul_timing(masks: np.ndarray, phase: str, head_dim: int, pool: SparseEngineConfig,
+                         engines: int = 1, threshold: float = 0.25, act_bits: int = 8) -> MaskedMatmulTiming:
+    """Timing of ``phase`` ('sddmm': scores for every kept (i, j); 'spmm': A.V with A masked) over
+    the (heads, rows, cols) ``masks`` on ``engines`` pools of ``pool.lines`` lines each."""
+    if phase not in ("sddmm", "spmm"):
+        raise ValueError(f"phase must be 'sddmm' or 'spmm', got {phase!r}")
+    m = np.asarray(masks, dtype=bool)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise ValueError(f"masks must be (heads, rows, cols), got shape {m.shape}")
+    heads = [_masked_head(m[h], phase, head_dim, pool, threshold, act_bits) for h in range(m.shape[0])]
+    cycles = [h[0] for h in heads]
+    _, loads, _ = partition_heads(cycles, engines)
+    computed = sum(h[3] for h in heads)
+    return MaskedMatmulTiming(
+        head_cycles=tuple(cycles), engine_loads=tuple(loads), num_global=tuple(h[1] for h in heads),
+        lines_dense=tuple(h[2] for h in heads), head_computed=tuple(h[3] for h in heads),
+        head_metadata=tuple(h[5] for h in heads), sparse_nnz=sum(h[4] for h in heads),
+        operand_read_bytes=sum(h[6] for h in heads), hw_macs=computed * pool.beats(head_dim) * pool.macs_per_line)
