@@ -65,9 +65,11 @@ class Chunk:
     vector_lanes: int = 0         # SIMD lanes for softmax/eltwise/pool; 0 = none
     supports: tuple[str, ...] = ()
     # sparse_attention only: ``rows`` lines of ``cols`` MACs, split into ``engines`` equal pools
-    # that take whole heads; the CSR row walker reads ``rows_per_cycle`` pointers per cycle
+    # that take whole heads; the CSR row walker reads ``rows_per_cycle`` pointers per cycle; a column
+    # kept by more than ``polarize_threshold`` of the rows goes to the dense (global-token) workload
     rows_per_cycle: int = 4
     engines: int = 1
+    polarize_threshold: float = 0.25
 
     @property
     def pes(self) -> int:
@@ -132,7 +134,7 @@ class Accelerator:
             c["dataflows"] = list(c["dataflows"])
             c["supports"] = list(c["supports"])
             if c["pe_type"] != "sparse_attention":
-                del c["rows_per_cycle"], c["engines"]
+                del c["rows_per_cycle"], c["engines"], c["polarize_threshold"]
         return d
 
 
@@ -172,7 +174,7 @@ def _chunk_from(i: int, d: Any) -> Chunk:
         raise ConfigError(f"{sec}: must be a mapping")
     allowed = {"name", "pe_type", "rows", "cols", "dataflows", "act_bits", "weight_bits", "acc_bits",
                "rf_bytes_per_pe", "local_buffer_kb", "local_bandwidth_bytes_per_cycle", "pipeline",
-               "vector_lanes", "supports", "rows_per_cycle", "engines"}
+               "vector_lanes", "supports", "rows_per_cycle", "engines", "polarize_threshold"}
     _unknown(sec, d, allowed)
     name = _require(sec, d, "name", str)
     sec = f"chunks[{name}]"
@@ -188,8 +190,9 @@ def _chunk_from(i: int, d: Any) -> Chunk:
             raise ConfigError(f"{sec}.dataflows: unknown dataflow {df!r} (known: os, ws, csr)")
     if not dataflows:
         raise ConfigError(f"{sec}.dataflows: at least one dataflow is needed")
-    if not sparse and ("rows_per_cycle" in d or "engines" in d):
-        raise ConfigError(f"{sec}: rows_per_cycle and engines apply to sparse_attention chunks only")
+    if not sparse and {"rows_per_cycle", "engines", "polarize_threshold"} & set(d):
+        raise ConfigError(f"{sec}: rows_per_cycle, engines and polarize_threshold apply to sparse_attention "
+                          "chunks only")
     supports = tuple(_optional(sec, d, "supports", [], list))
     for kind in supports:
         if kind not in PE_SUPPORTS[pe_type]:
@@ -211,7 +214,10 @@ def _chunk_from(i: int, d: Any) -> Chunk:
         local_bandwidth_bytes_per_cycle=_optional(sec, d, "local_bandwidth_bytes_per_cycle", 64, int),
         pipeline=pipeline, vector_lanes=_optional(sec, d, "vector_lanes", 0, int, positive=False),
         supports=supports, rows_per_cycle=_optional(sec, d, "rows_per_cycle", 4, int),
-        engines=_optional(sec, d, "engines", 1, int))
+        engines=_optional(sec, d, "engines", 1, int),
+        polarize_threshold=float(_optional(sec, d, "polarize_threshold", 0.25, NUM, positive=False)))
+    if not 0.0 <= chunk.polarize_threshold <= 1.0:
+        raise ConfigError(f"{sec}.polarize_threshold: must be in [0, 1], got {chunk.polarize_threshold}")
     if chunk.rows % chunk.engines:
         raise ConfigError(f"{sec}.engines: {chunk.engines} engines must divide the {chunk.rows} lines (rows)")
     if chunk.vector_lanes < 0:

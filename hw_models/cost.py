@@ -109,6 +109,9 @@ def validate_mapping(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping
     if mp.dataflow == CSR_DATAFLOW or op.kind == "sparse_matmul" and not chunk.gemm_dataflows:
         _validate_csr(op, chunk, accel, mp)
         return
+    if op.in_scale != 1.0:
+        raise MappingError(f"{op.name}: compressed operands (in_scale) are decoded by the sparse lines only; "
+                           "map it on the csr dataflow")
     if not op.is_gemm:
         if mp.dataflow != "vector" or mp.gb_tile[0] < 1:
             raise MappingError(f"{op.name}: vector ops need dataflow 'vector' and a positive block size")
@@ -226,6 +229,17 @@ def _per_mac_energy(op: OpNode, chunk: Chunk, table: EnergyTable) -> dict[str, f
     return {"add": table.op_pj("add", a) + table.op_pj("add", acc), "abs": table.op_pj("abs", a)}
 
 
+def codec_cost(op: OpNode, chunk: Chunk, table: EnergyTable) -> tuple[int, dict[str, float]]:
+    """(cycles, energy by key) of an op's fused encoder/decoder: ``codec_macs`` MACs streamed over
+    every PE of the chunk back to back with the op (a small dense GEMM at full utilisation)."""
+    if not op.codec_macs:
+        return 0, {}
+    energy = {k: v * op.codec_macs for k, v in _per_mac_energy(op, chunk, table).items()}
+    energy["rf"] = energy.get("rf", 0.0) + op.codec_macs * (chunk.act_bits + chunk.weight_bits + 2 * chunk.acc_bits) \
+        * table.bit_pj("rf", chunk.rf_bytes_per_pe)
+    return -(-op.codec_macs // chunk.pes), energy
+
+
 def _leakage_pj(accel: Accelerator, table: EnergyTable, cycles: float) -> float:
     pes = sum(c.pes for c in accel.chunks)
     sram_kb = accel.global_buffer.size_kb + sum(c.local_buffer_kb for c in accel.chunks)
@@ -237,7 +251,7 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
     table = load_table(accel.energy_table)
     G, P, K, M = op.gemm
     pb, kb, mb = mp.gb_tile
-    ab, wb, ob, psb = op.act_bits / 8, op.weight_bits / 8, op.out_bits / 8, chunk.acc_bits / 8
+    ab, wb, ob, psb = op.act_bits / 8, op.weight_bits / 8, op.out_bits / 8 * op.out_scale, chunk.acc_bits / 8
     bits = (ab, wb, ob, psb)
     bw_array = _gb_to_array_bandwidth(accel, chunk)
     bw_dram = accel.dram_bytes_per_cycle
@@ -281,6 +295,8 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
     last_store = _size(prev["p"], pb, P) * _size(prev["m"], mb, M) * ob
     dram_w += last_store
     state = run_pipeline([(items, G)], tail_transfer=last_store / bw_dram)
+    codec_cycles, codec_energy = codec_cost(op, chunk, table)
+    end = state.end + codec_cycles
     # everything above is per group; scale the byte counts
     dram_r, dram_w = dram_r * G, dram_w * G
     to_array, from_array, psum_read = to_array * G, from_array * G, psum_read * G
@@ -313,9 +329,11 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
         lb_cap = chunk.local_buffer_bytes
         energy["local_buffer"] = 8 * (lb_read * table.bit_pj("sram_read", lb_cap) + lb_write * table.bit_pj("sram_write", lb_cap))
     energy["dram"] = 8 * (dram_r + dram_w) * table.bit_pj(f"dram_{accel.dram.kind}")
-    energy["leakage"] = _leakage_pj(accel, table, state.end)
-    return OpCost(op=op.name, kind=op.kind, chunk=chunk.name, dataflow=mp.dataflow, cycles=state.end,
-                  compute_cycles=compute, transfer_cycles=max(state.transfer_busy, array_transfer),
+    energy["leakage"] = _leakage_pj(accel, table, end)
+    for key, pj in codec_energy.items():
+        energy[key] += pj
+    return OpCost(op=op.name, kind=op.kind, chunk=chunk.name, dataflow=mp.dataflow, cycles=end,
+                  compute_cycles=compute + codec_cycles, transfer_cycles=max(state.transfer_busy, array_transfer),
                   macs=op.macs, hw_macs=hw_macs,
                   pes=chunk.pes, accesses=accesses, energy_pj=energy)
 
@@ -364,15 +382,15 @@ def csr_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> OpC
     head_dim = K if sddmm else M
     pool = SparseEngineConfig(chunk.rows // chunk.engines, chunk.cols, chunk.rows_per_cycle, chunk.acc_bits)
     timing = masked_matmul_timing(op.group_masks(), "sddmm" if sddmm else "spmm", head_dim, pool,
-                                  chunk.engines, act_bits=op.act_bits)
-    ab, ob = op.act_bits / 8, op.out_bits / 8
+                                  chunk.engines, chunk.polarize_threshold, op.act_bits)
+    ab, ob = op.act_bits / 8, op.out_bits / 8 * op.out_scale
     per_head_in, per_head_out = [], []
     for computed, meta in zip(timing.head_computed, timing.head_metadata):
-        if sddmm:       # Q and K rows in; the computed scores out
-            per_head_in.append((P * K + K * M) * ab + meta)
+        if sddmm:       # Q and K rows in (compressed by in_scale when a decoder restores them); the scores out
+            per_head_in.append((P * K + K * M) * ab * op.in_scale + meta)
             per_head_out.append(computed * ob)
         else:           # the computed probabilities and V in; the output rows out
-            per_head_in.append((computed + K * M) * ab + meta)
+            per_head_in.append((computed + K * M) * ab * op.in_scale + meta)
             per_head_out.append(P * M * ob)
     total = sum(timing.head_cycles)
     scale = timing.latency / total if total else 0.0
@@ -380,6 +398,8 @@ def csr_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> OpC
     items = [((per_head_in[h] + (per_head_out[h - 1] if h else 0.0)) / bw, timing.head_cycles[h] * scale)
              for h in range(G)]
     state = run_pipeline([(items, 1)], tail_transfer=per_head_out[-1] / bw)
+    codec_cycles, codec_energy = codec_cost(op, chunk, table)
+    end = state.end + codec_cycles
     dram_r, dram_w = sum(per_head_in), sum(per_head_out)
     hw_macs = timing.hw_macs
     reads = timing.operand_read_bytes + timing.metadata_bytes + (timing.computed * ab if not sddmm else 0.0)
@@ -400,9 +420,11 @@ def csr_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> OpC
         energy["local_buffer"] = 8 * (accesses["lb_read"] * table.bit_pj("sram_read", lb_cap)
                                       + accesses["lb_write"] * table.bit_pj("sram_write", lb_cap))
     energy["dram"] = 8 * (dram_r + dram_w) * table.bit_pj(f"dram_{accel.dram.kind}")
-    energy["leakage"] = _leakage_pj(accel, table, state.end)
-    return OpCost(op=op.name, kind=op.kind, chunk=chunk.name, dataflow=CSR_DATAFLOW, cycles=state.end,
-                  compute_cycles=timing.latency, transfer_cycles=state.transfer_busy, macs=op.macs,
+    energy["leakage"] = _leakage_pj(accel, table, end)
+    for key, pj in codec_energy.items():
+        energy[key] += pj
+    return OpCost(op=op.name, kind=op.kind, chunk=chunk.name, dataflow=CSR_DATAFLOW, cycles=end,
+                  compute_cycles=timing.latency + codec_cycles, transfer_cycles=state.transfer_busy, macs=op.macs,
                   hw_macs=hw_macs, pes=chunk.pes, accesses=accesses, energy_pj=energy)
 
 

@@ -285,6 +285,11 @@ class OpNode:
     the (rows x cols) output (an SDDMM such as masked Q.K^T), ``"a"`` operand A's (rows x inner)
     entries (an SpMM such as A.V with a sparse attention map). A mask of ``b`` batches serves groups
     ``g`` with ``g % b == 0``: group ``i`` uses batch ``i % b`` (e.g. per-head masks, any image batch).
+
+    A fused codec (ViTCoD's Q/K auto-encoder) is three fields: ``out_scale`` (0, 1] scales the bytes
+    of the output (an encoder at the array output, on a conv/linear), ``in_scale`` (0, 1] those of
+    the activation operands read from DRAM (a decoder in front of a masked product on the sparse
+    lines), and ``codec_macs`` is the encoder's or decoder's MACs, run on the op's chunk.
     """
 
     name: str
@@ -296,6 +301,9 @@ class OpNode:
     density: float = 1.0
     mask: Mask | None = None
     mask_on: str = "out"
+    in_scale: float = 1.0
+    out_scale: float = 1.0
+    codec_macs: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -314,6 +322,15 @@ class OpNode:
             raise WorkloadError(f"{self.name}: only sparse_matmul takes a density, {self.kind} is dense")
         if self.kind == "eltwise" and self.shape.op not in ELTWISE_OPS:
             raise WorkloadError(f"{self.name}: unknown eltwise op {self.shape.op!r} (known: {', '.join(ELTWISE_OPS)})")
+        for key in ("in_scale", "out_scale"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise WorkloadError(f"{self.name}: {key} must be in (0, 1], got {getattr(self, key)}")
+        if not _is_int(self.codec_macs) or self.codec_macs < 0:
+            raise WorkloadError(f"{self.name}: codec_macs must be an integer >= 0, got {self.codec_macs!r}")
+        if (self.in_scale != 1.0 or self.out_scale != 1.0 or self.codec_macs) and not self.is_gemm:
+            raise WorkloadError(f"{self.name}: only GEMM ops take a fused codec")
+        if self.in_scale != 1.0 and self.kind != "sparse_matmul":
+            raise WorkloadError(f"{self.name}: in_scale (compressed operands) applies to sparse_matmul only")
         if self.mask_on not in MASK_TARGETS:
             raise WorkloadError(f"{self.name}: mask_on must be one of {', '.join(MASK_TARGETS)}, got {self.mask_on!r}")
         if self.mask is not None:
@@ -416,6 +433,9 @@ class OpNode:
             d["mask"] = asdict(self.mask)
         if self.mask_on != "out":
             d["mask_on"] = self.mask_on
+        for key, default in (("in_scale", 1.0), ("out_scale", 1.0), ("codec_macs", 0)):
+            if getattr(self, key) != default:
+                d[key] = getattr(self, key)
         return d
 
     @classmethod
@@ -430,7 +450,9 @@ class OpNode:
             mask = Mask(**d["mask"]) if d.get("mask") else None
             return cls(name=d["name"], kind=kind, shape=shape, act_bits=d.get("act_bits", 8),
                        weight_bits=d.get("weight_bits", 8), out_bits=d.get("out_bits", 8),
-                       density=d.get("density", 1.0), mask=mask, mask_on=d.get("mask_on", "out"))
+                       density=d.get("density", 1.0), mask=mask, mask_on=d.get("mask_on", "out"),
+                       in_scale=d.get("in_scale", 1.0), out_scale=d.get("out_scale", 1.0),
+                       codec_macs=d.get("codec_macs", 0))
         except KeyError as exc:
             raise WorkloadError(f"op {d.get('name', '?')}: missing field {exc.args[0]!r}") from None
         except TypeError as exc:
@@ -465,6 +487,13 @@ class Workload:
         self.graph.add_edges_from((src, op.name) for src in inputs)
         self._order = None
         return op.name
+
+    def replace_op(self, op: OpNode) -> None:
+        """Swap the op of the same name for ``op`` (its edges stay)."""
+        if op.name not in self.graph:
+            raise WorkloadError(f"no op named {op.name!r} to replace")
+        self.graph.nodes[op.name]["op"] = op
+        self._order = None
 
     def __len__(self) -> int:
         return self.graph.number_of_nodes()

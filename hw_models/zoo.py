@@ -97,10 +97,10 @@ class NetBuilder:
 
     # -- plumbing -----------------------------------------------------------------------------
     def _emit(self, name: str, kind: str, shape, inputs: Sequence[Value], result: Value,
-              mask: Mask | None = None, mask_on: str = "out") -> Value:
+              mask: Mask | None = None, mask_on: str = "out", **codec) -> Value:
         weight_bits = self.shift_weight_bits if kind in ("shift_conv", "shift_linear") else self.weight_bits
         op = OpNode(name=name, kind=kind, shape=shape, act_bits=self.act_bits,
-                    weight_bits=weight_bits, out_bits=self.out_bits, mask=mask, mask_on=mask_on)
+                    weight_bits=weight_bits, out_bits=self.out_bits, mask=mask, mask_on=mask_on, **codec)
         self.workload.add(op, _srcs(*inputs))
         self.x = replace(result, op=name)
         return self.x
@@ -128,6 +128,10 @@ class NetBuilder:
                           padding=k // 2 if pad is None else pad, groups=groups)
         shape.validate(name)
         return self._emit(name, kind, shape, [x], Tensor(None, x.n, m, shape.out_h, shape.out_w))
+
+    def _fuse(self, name: str, **codec) -> None:
+        """Give an emitted op a fused codec (OpNode's in_scale / out_scale / codec_macs)."""
+        self.workload.replace_op(replace(self.workload.op(name), **codec))
 
     def act(self, name: str, op: str = "relu", src: Value | None = None) -> Value:
         """Element-wise activation / normalisation (``op`` is an ``ELTWISE_OPS`` key)."""
@@ -185,18 +189,29 @@ class NetBuilder:
         return self.x
 
     def attention(self, prefix: str, heads: int, src: Value | None = None,
-                  mask: np.ndarray | None = None) -> Tokens:
+                  mask: np.ndarray | None = None, qk_compressed_heads: int | None = None) -> Tokens:
         """Multi-head self-attention: qkv, QK^T, softmax, AV, proj (ops named ``prefix.*``).
 
         With a fixed (heads, tokens, tokens) boolean ``mask`` (ViTCoD), QK^T is a ``sparse_matmul``
         masking its output (SDDMM), A.V one masking operand A (SpMM), and the softmax only
-        normalises the kept scores.
+        normalises the kept scores. ``qk_compressed_heads`` adds ViTCoD's Q/K auto-encoder: the qkv
+        layer's encoder writes Q and K compressed to that many heads, the QK^T's decoder restores
+        them on chip (fused codecs, see :class:`OpNode`); it implies a mask (all-ones if none).
         """
         x = self._tokens(src, f"{prefix}.qkv")
         if x.dim % heads:
             raise WorkloadError(f"{prefix}: {heads} heads do not divide dim {x.dim}")
         hd, t, g = x.dim // heads, x.tokens, x.n * heads
         qkv = self.linear(f"{prefix}.qkv", 3 * x.dim, src=x)
+        codec_in = {}
+        if qk_compressed_heads is not None:
+            if not 1 <= qk_compressed_heads <= heads:
+                raise WorkloadError(f"{prefix}: compressed heads must be in 1..{heads}, got {qk_compressed_heads}")
+            ratio, codec_macs = qk_compressed_heads / heads, 2 * x.n * t * x.dim * qk_compressed_heads
+            self._fuse(qkv.op, out_scale=(1 + 2 * ratio) / 3, codec_macs=codec_macs)   # V is not compressed
+            codec_in = {"in_scale": ratio, "codec_macs": codec_macs}
+            if mask is None:
+                mask = np.ones((heads, t, t), dtype=bool)
         kind, kept, packed = "matmul", g * t * t, None
         if mask is not None:
             arr = np.asarray(mask, dtype=bool)
@@ -204,7 +219,7 @@ class NetBuilder:
                 raise WorkloadError(f"{prefix}: attention mask must be ({heads}, {t}, {t}), got {arr.shape}")
             kind, kept, packed = "sparse_matmul", x.n * int(arr.sum()), Mask.from_array(arr)
         scores = self._emit(f"{prefix}.qk", kind, MatmulShape(batch=g, rows=t, inner=hd, cols=t),
-                            [qkv], Tokens(None, x.n, t, heads * t), mask=packed)
+                            [qkv], Tokens(None, x.n, t, heads * t), mask=packed, **codec_in)
         probs = self._emit(f"{prefix}.softmax", "softmax", VectorShape(elements=kept, row_len=t),
                            [scores], scores)
         ctx = self._emit(f"{prefix}.av", kind, MatmulShape(batch=g, rows=t, inner=t, cols=hd),
@@ -318,11 +333,15 @@ def mobilenetv2_cifar(name: str = "mobilenetv2-cifar", description: str = "",
 def vit(name: str, embed_dim: int, depth: int, heads: int, image_size: int = 224, patch: int = 16,
         mlp_ratio: float = 4.0, num_classes: int = 1000, cls_token: bool = True, in_chans: int = 3,
         batch: int = 1, description: str = "",
-        masks: Sequence[np.ndarray] | None = None) -> Workload:
+        masks: Sequence[np.ndarray] | None = None, qk_compressed_heads: int | None = None,
+        keep_tokens: int | None = None) -> Workload:
     """A ViT/DeiT encoder: conv patch embedding, ``depth`` pre-norm blocks, final norm, CLS head.
 
     Tokens = (image_size / patch)^2 (+1 with ``cls_token``); e.g. 224/16 -> 197, 32/4 -> 65.
-    ``masks``: one fixed (heads, tokens, tokens) attention mask per block (sparse attention).
+    ``masks``: one fixed (heads, tokens, tokens) attention mask per block (sparse attention);
+    ``qk_compressed_heads``: ViTCoD's Q/K auto-encoder in every block (see ``NetBuilder.attention``);
+    ``keep_tokens``: only that many tokens (CLS first) enter the blocks -- SpAtten-style token pruning
+    with a uniform keep count (the importance top-k itself is not an op).
     Ops are named ``patch_embed``, ``block{i}.{norm1,attn.qkv,attn.qk,attn.softmax,attn.av,
     attn.proj,add1,norm2,mlp.fc1,mlp.gelu,mlp.fc2,add2}``, ``norm``, ``head``. The positional
     embedding add and the CLS concat are omitted (no MACs, < 0.01 % of the element-wise work).
@@ -335,11 +354,13 @@ def vit(name: str, embed_dim: int, depth: int, heads: int, image_size: int = 224
     b = NetBuilder(name, (batch, in_chans, image_size, image_size), description)
     b.conv("patch_embed", embed_dim, patch, stride=patch, pad=0)
     x = b.to_tokens(extra=1 if cls_token else 0)
+    if keep_tokens is not None:
+        x = b.select_tokens(keep_tokens)
     for i in range(depth):
         p = f"block{i}"
         b.act(f"{p}.norm1", "layernorm", src=x)
         mask = None if masks is None else masks[i]
-        x = b.add(f"{p}.add1", b.attention(f"{p}.attn", heads, mask=mask), x)
+        x = b.add(f"{p}.add1", b.attention(f"{p}.attn", heads, mask=mask, qk_compressed_heads=qk_compressed_heads), x)
         b.act(f"{p}.norm2", "layernorm", src=x)
         x = b.add(f"{p}.add2", b.mlp(f"{p}.mlp", hidden), x)
     b.act("norm", "layernorm", src=x)

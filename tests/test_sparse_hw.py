@@ -105,6 +105,7 @@ def test_vitcod_preset() -> None:
     ({"pe_type": "mac", "engines": 2}, "apply to sparse_attention chunks only"),
     ({"pe_type": "sparse_attention", "engines": 3}, "3 engines must divide the 8 lines"),
     ({"pe_type": "sparse_attention", "dataflows": ["tiled"]}, "unknown dataflow 'tiled'"),
+    ({"pe_type": "sparse_attention", "polarize_threshold": 1.5}, "polarize_threshold: must be in"),
 ])
 def test_sparse_chunk_validation(chunk: dict, message: str) -> None:
     data = {"name": "x", "clock_mhz": 500, "dram": {"bandwidth_gbs": 16},
@@ -195,6 +196,15 @@ def test_heads_partitioned_over_engines() -> None:
         assert cost.cycles >= t.latency
 
 
+def test_polarize_threshold_moves_work_between_the_workloads() -> None:
+    masks = synthetic_attention_masks(65, 2, 0.7, seed=4, grid=8)
+    op = _masked("qk", masks, 16)
+    cost = {t: op_cost(op, a, default_mapping(op, a)) for t in (0.1, 0.25, 1.0) for a in [_accel(polarize_threshold=t)]}
+    # threshold 1.0: no column is global, everything goes through the CSR format
+    assert cost[1.0].hw_macs == int(masks.sum()) * 4 * 4
+    assert cost[0.1].hw_macs > cost[0.25].hw_macs > cost[1.0].hw_macs       # bigger dense blocks compute more
+
+
 def test_csr_cost_traffic_and_energy() -> None:
     masks = synthetic_attention_masks(65, 2, 0.9, seed=0, grid=8)
     acc = _accel()
@@ -263,3 +273,28 @@ def test_cli_simulate_and_map_sparse_vit(tmp_path, capsys) -> None:
                  "-o", str(sched)]) == 0
     mappings = {m["op"]: m for m in json.loads(sched.read_text())["mappings"]}
     assert mappings["block3.attn.av"]["dataflow"] == "csr"
+
+
+def test_qk_autoencoder_trades_traffic_for_codec_macs() -> None:
+    masks = [synthetic_attention_masks(65, 4, 0.8, seed=i, grid=8) for i in range(2)]
+    args = dict(embed_dim=64, depth=2, heads=4, image_size=32, patch=4, num_classes=10, masks=masks)
+    plain, coded = vit("v", **args), vit("v", qk_compressed_heads=2, **args)
+    assert plain.macs == coded.macs                               # the network's own MACs are unchanged
+    qkv, qk = coded.op("block0.attn.qkv"), coded.op("block0.attn.qk")
+    assert qkv.out_scale == pytest.approx((1 + 2 * 0.5) / 3) and qk.in_scale == 0.5
+    assert qkv.codec_macs == qk.codec_macs == 2 * 65 * 64 * 2
+    assert OpNode.from_dict(json.loads(json.dumps(qk.to_dict()))) == qk
+    acc = _accel()
+    p_qk, c_qk = (op_cost(w.op("block0.attn.qk"), acc, default_mapping(w.op("block0.attn.qk"), acc))
+                  for w in (plain, coded))
+    meta = masked_matmul_timing(masks[0], "sddmm", 16, POOL).metadata_bytes
+    assert c_qk.accesses["dram_read"] - meta == pytest.approx((p_qk.accesses["dram_read"] - meta) / 2)
+    assert c_qk.compute_cycles == p_qk.compute_cycles + -(-qk.codec_macs // 32)
+    p_qkv, c_qkv = (op_cost(w.op("block0.attn.qkv"), acc, default_mapping(w.op("block0.attn.qkv"), acc))
+                    for w in (plain, coded))
+    assert c_qkv.accesses["dram_write"] == pytest.approx(p_qkv.accesses["dram_write"] * (2 / 3))
+    # compressed operands must be decoded by the sparse lines: no dense mapping of that QK^T
+    with pytest.raises(MappingError, match="decoded by the sparse lines only"):
+        op_cost(qk, acc, OpMapping(qk.name, "lines", "os", (65, 16, 65), (8, 4, 16)))
+    with pytest.raises(WorkloadError, match="compressed heads must be in 1..4"):
+        vit("v", qk_compressed_heads=5, **args)

@@ -26,7 +26,7 @@ from itertools import product
 import numpy as np
 
 from hw_models.accelerator import Accelerator, Chunk
-from hw_models.cost import LANE_OPS, _leakage_pj, _per_mac_energy
+from hw_models.cost import LANE_OPS, _leakage_pj, _per_mac_energy, codec_cost
 from hw_models.energy import load_table
 from hw_models.errors import MappingError
 from hw_models.schedule import LOOP_ORDERS
@@ -73,6 +73,8 @@ class GemmContext:
     leak_per_cycle: float
     feasible: bool          # bits/rf/kind allow this chunk at all
     why: str = ""
+    codec_cycles: int = 0   # a fused encoder/decoder after the op (hw_models.cost.codec_cost)
+    codec_energy: float = 0.0
 
     @classmethod
     def build(cls, op: OpNode, chunk: Chunk, accel: Accelerator) -> "GemmContext":
@@ -80,7 +82,7 @@ class GemmContext:
             raise MappingError(f"{op.name}: {op.kind} is not a GEMM op")
         G, P, K, M = op.gemm
         table = load_table(accel.energy_table)
-        ab, wb, ob, psb = op.act_bits / 8, op.weight_bits / 8, op.out_bits / 8, chunk.acc_bits / 8
+        ab, wb, ob, psb = op.act_bits / 8, op.weight_bits / 8, op.out_bits / 8 * op.out_scale, chunk.acc_bits / 8
         gb = accel.global_buffer
         bw = gb.bandwidth_bytes_per_cycle
         bw_array = min(bw, chunk.local_bandwidth_bytes_per_cycle) if chunk.local_buffer_bytes else bw
@@ -105,13 +107,17 @@ class GemmContext:
             feasible, why = False, f"operand bits exceed chunk {chunk.name}'s datapath"
         elif chunk.rf_bytes_per_pe < ab + wb + psb:
             feasible, why = False, f"chunk {chunk.name} register file too small"
+        elif op.in_scale != 1.0:
+            feasible, why = False, "compressed operands are decoded by the sparse lines only"
+        codec_cycles, codec_energy = codec_cost(op, chunk, table)
         return cls(op=op, chunk=chunk, accel=accel, G=G, P=P, K=K, M=M, ab=ab, wb=wb, ob=ob, psb=psb,
                    bw_array=bw_array, bw_dram=accel.dram_bytes_per_cycle, pipe=chunk.geometry.pipeline,
                    rows=chunk.rows, cols=chunk.cols, gb_bytes=gb.size_bytes, lb_bytes=chunk.local_buffer_bytes,
                    conv=conv, e_mac=sum(_per_mac_energy(op, chunk, table).values()), e_rf_noc=e_rf_noc,
                    gbr=table.bit_pj("sram_read", gb_cap), gbw=table.bit_pj("sram_write", gb_cap), lbr=lbr, lbw=lbw,
                    dram_pj_bit=table.bit_pj(f"dram_{accel.dram.kind}"),
-                   leak_per_cycle=_leakage_pj(accel, table, 1.0), feasible=feasible, why=why)
+                   leak_per_cycle=_leakage_pj(accel, table, 1.0), feasible=feasible, why=why,
+                   codec_cycles=codec_cycles, codec_energy=sum(codec_energy.values()))
 
     @property
     def hw_macs(self) -> int:
@@ -337,7 +343,7 @@ def evaluate_gemm(ctx: GemmContext, dataflow: str, order: np.ndarray, pb, kb, mb
 
     c_last = cb[7]
     last_store = last[0] * last[2] * ob
-    cycles = t0 + G * w_sum + (G - 1) * np.maximum(c_last, t0) + c_last + last_store / bwd
+    cycles = t0 + G * w_sum + (G - 1) * np.maximum(c_last, t0) + c_last + last_store / bwd + ctx.codec_cycles
     dram_r = G * (t0_load + load_sum)
     dram_w = G * (store_sum + last_store)
     to_array, from_array, psum_read = G * to_array, G * from_array, G * psum_read
@@ -346,12 +352,12 @@ def evaluate_gemm(ctx: GemmContext, dataflow: str, order: np.ndarray, pb, kb, mb
     energy = (ctx.hw_macs * ctx.e_mac + ctx.e_rf_noc[dataflow]
               + 8 * (gb_read * ctx.gbr + gb_write * ctx.gbw)
               + 8 * (dram_r + dram_w) * ctx.dram_pj_bit
-              + cycles * ctx.leak_per_cycle)
+              + cycles * ctx.leak_per_cycle + ctx.codec_energy)
     if ctx.lb_bytes:
         lb = to_array + psum_read + from_array
         energy = energy + 8 * lb * (ctx.lbr + ctx.lbw)
     return EvalResult(cycles=cycles, energy=energy, dram_read=dram_r, dram_write=dram_w, gb_read=gb_read,
-                      gb_write=gb_write, compute=G * comp)
+                      gb_write=gb_write, compute=G * comp + ctx.codec_cycles)
 
 
 # ---------------------------------------------------------------------------------------------
