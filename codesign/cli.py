@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -98,7 +99,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     workload = load_model_spec(args.model, args.input_shape)
     accel = load_accelerator(args.hw)
     out = map_workload(workload, accel, objective=args.objective, budget_s=args.budget, mode=args.mode,
-                       co_search=args.co_search, seed=args.seed, progress=not args.quiet)
+                       co_search=args.co_search, seed=args.seed, progress=not args.quiet, effort=args.effort)
     if isinstance(out, CoSearchResult):
         accel, schedule = out.accelerator, out.schedule
         hw_path = args.output.with_suffix(".hw.yaml")
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency: one frame; throughput: frames pipelined across chunks")
     p.add_argument("--budget", type=float, default=10.0, metavar="SECONDS", help="search time budget (default 10)")
     p.add_argument("--co-search", action="store_true", help="also search PEs and buffers per chunk under the same totals")
+    p.add_argument("--effort", choices=("full", "quick"), default="full",
+                   help="per-op search effort; quick stops on evaluation caps, so results do not depend on load")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, default=Path("schedule.json"), help="schedule JSON to write")
     p.add_argument("--top", type=int, metavar="N", help="show only the N slowest ops")
@@ -208,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("codesign: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                     # `codesign ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        return 0
     except OSError as err:                      # unwritable --json path and the like
         print(f"codesign: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2

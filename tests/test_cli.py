@@ -107,3 +107,15 @@ def test_usage_errors_are_one_line():
     out = run("simulate", "--hw", "nasa-chunked")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "--workload" in out.stderr
+
+
+def test_map_effort_and_closed_pipe(tmp_path) -> None:
+    out = tmp_path / "s.json"
+    proc = run("map", "--model", "resnet20-conv", "--hw", "nasa-chunked", "--effort", "quick", "--quiet", "-o", str(out))
+    assert proc.returncode == 0 and json.loads(out.read_text())["mappings"]
+    # `codesign ... | head`: the reader is gone before the first write; exit 0 without an error message
+    proc = subprocess.Popen([sys.executable, "-m", "codesign.cli", "workloads"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == ""

@@ -52,6 +52,7 @@ class Effort:
 FULL = Effort()
 QUICK = Effort(exhaustive_limit=8_000, initial_samples=3_000, population=4, per_group=0, pair_sweeps=0,
                max_evals=40_000)
+EFFORTS = {"full": FULL, "quick": QUICK}
 #: Multipliers of the latency weight for which the best point is kept as an option (Pareto thinning).
 LAMBDA_GRID = tuple(4.0 ** e for e in range(-4, 5))
 
