@@ -72,6 +72,11 @@ def print_sim(result: SimResult, top: int | None) -> None:
     print(f"  EDP           {result.edp_pj_s * 1e-6:.4g} uJ*s")
     print(f"  MACs          {result.macs:,}   utilization {result.utilization:.3f}   stall cycles {result.stall_cycles:,.0f}")
     print(f"  pipelined frame interval {result.throughput_interval_cycles:,.0f} cycles")
+    attn = result.attention
+    if attn is not None:
+        print(f"  attention only ({attn['ops']} QK^T / softmax / A.V ops): {attn['cycles']:,.0f} cycles "
+              f"({100 * attn['cycles'] / max(result.cycles, 1):.1f}%), {_fmt_energy(attn['energy_pj'])} uJ "
+              f"({100 * attn['energy_pj'] / max(result.energy_total_pj, 1e-12):.1f}%)")
     total = result.energy_total_pj or 1.0
     for title, parts in (("by level ", result.energy_by_level_pj), ("by action", result.energy_by_action_pj),
                          ("by chunk ", result.energy_by_chunk_pj)):

@@ -21,6 +21,7 @@ from hw_models.schedule import OpMapping, Schedule
 from hw_models.workload import OpNode, Workload
 
 COMPUTE_ACTIONS = ("mult", "shift", "add", "abs", "vector")
+ATTENTION_KINDS = ("matmul", "sparse_matmul", "softmax")
 MEMORY_LEVELS = {"rf": "rf", "noc": "noc", "local_buffer": "local_buffer", "global_buffer": "global_buffer",
                  "dram": "dram"}
 
@@ -69,10 +70,23 @@ class SimResult:
     ops: list[OpResult] = field(default_factory=list)
     schedule_producer: str = "default"
 
+    @property
+    def attention(self) -> dict[str, float] | None:
+        """Attention-only totals: the activation-by-activation products (QK^T, A.V) and softmaxes.
+
+        Summed op times (ops on one chunk run back to back; in latency mode this is their share of
+        the critical path). None for a network without attention."""
+        ops = [o for o in self.ops if o.kind in ATTENTION_KINDS]
+        if not any(o.kind != "softmax" for o in ops):
+            return None
+        return {"cycles": sum(o.cycles for o in ops), "energy_pj": sum(o.energy_total_pj for o in ops),
+                "ops": len(ops)}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for op, o in zip(d["ops"], self.ops):
             op["energy_total_pj"] = o.energy_total_pj
+        d["attention"] = self.attention
         d["format"] = "codesign-simresult/1"
         return d
 

@@ -267,7 +267,10 @@ def test_cli_simulate_and_map_sparse_vit(tmp_path, capsys) -> None:
     assert main(["simulate", "--workload", str(wl_path), "--hw", "vitcod", "--json", str(tmp_path / "r.json")]) == 0
     data = json.loads((tmp_path / "r.json").read_text())
     assert sum(op["dataflow"] == "csr" for op in data["ops"]) == 24
-    assert "csr" in capsys.readouterr().out
+    attention = [op for op in data["ops"] if op["kind"] in ("sparse_matmul", "softmax")]
+    assert data["attention"]["cycles"] == pytest.approx(sum(op["cycles"] for op in attention))
+    printed = capsys.readouterr().out
+    assert "csr" in printed and "attention only (36 QK^T / softmax / A.V ops)" in printed
     sched = tmp_path / "s.json"
     assert main(["map", "--model", "deit-small-sparse90", "--hw", "vitcod", "--budget", "3", "--quiet",
                  "-o", str(sched)]) == 0
