@@ -561,3 +561,22 @@ def test_checked_in_example_reports(folder, tmp_path):
         result, console = run_in_chromium(site / "index.html", tmp_path / "profile")
         assert result["errors"] == [] and console == "" and result["broken"] == []
         assert result["images"] == len(data["plots"])
+
+
+def test_transformer_report_shows_attention_only(tmp_path):
+    from hw_models.zoo import synthetic_attention_masks, vit
+    masks = [synthetic_attention_masks(17, 2, 0.7, seed=i, grid=4) for i in range(2)]
+    wl = vit("tiny-sparse-vit", embed_dim=32, depth=2, heads=2, image_size=16, patch=4, num_classes=10, masks=masks)
+    spec = tmp_path / "wl.json"
+    wl.to_json(spec)
+    out = tmp_path / "out"
+    assert report_main(["report", "--model", str(spec), "--hw", "vitcod", "--out", str(out), "--no-plots",
+                        "--mapper", "default", "--quiet"]) == 0
+    data = json.loads((out / "data.json").read_text())
+    entry = next(e for e in data["accelerators"] if e.get("attention_only"))
+    attn = entry["attention_only"]
+    assert 0 < attn["cycles"] < entry["cycles"] and 0 < attn["share_of_cycles"] < 1
+    md = (out / "report.md").read_text()
+    assert "attention only: cycles (QK^T, softmax, A.V)" in md
+    md_nums = numbers_in(md)
+    assert all(float(v) in md_nums for _, v in numeric_leaves(attn))

@@ -153,6 +153,11 @@ def run_accelerator(wl: Workload, accel: Accelerator, mapper: str, budget_s: flo
         "chunks": chunk_rows(accel, result),
         "ops": op_rows(result, accel),
     })
+    attn = result.attention
+    if attn is not None:                       # transformers: attention-only beside end-to-end
+        entry["attention_only"] = {"cycles": attn["cycles"], "latency_ms": attn["cycles"] / accel.clock_mhz / 1e3,
+                                   "energy_uj": attn["energy_pj"] / 1e6,
+                                   "share_of_cycles": attn["cycles"] / result.cycles if result.cycles else 0.0}
     used = [k for k in ENERGY_KEYS if any(o["energy_by_component_nj"][k] for o in entry["ops"])]
     for o in entry["ops"]:                     # drop components that are zero everywhere (e.g. shift on a MAC array)
         o["energy_by_component_nj"] = {k: o["energy_by_component_nj"][k] for k in used}

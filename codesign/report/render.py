@@ -261,6 +261,11 @@ def _accel_blocks(d: dict, e: dict) -> list[tuple]:
             ["energy per inference (mJ)", e["energy_mj"]], ["EDP (uJ x ms)", e["edp_uj_ms"]],
             ["utilization", e["utilization"]], ["stall cycles", e["stall_cycles"]], ["MACs", e["macs"]],
             ["pipelined frames/s (chunks overlapped across frames)", e["pipelined_frames_per_s"]]]
+    a = e.get("attention_only")
+    if a:
+        rows += [["attention only: cycles (QK^T, softmax, A.V)", a["cycles"]],
+                 ["attention only: latency (ms)", a["latency_ms"]], ["attention only: energy (uJ)", a["energy_uj"]],
+                 ["attention only: share of cycles", a["share_of_cycles"]]]
     B.append(("table", [lab, "simulated"], rows))
     levels = [k for k, v in e["energy_by_level_uj"].items()]
     B.append(("table", ["energy by level (uJ)", *levels], [["all chunks", *[e["energy_by_level_uj"][k] for k in levels]]]))
