@@ -1,9 +1,14 @@
-"""Build and run the PE-array RTL under cocotb (Icarus or Verilator): shared by the pytest
-launchers in this folder and by ``benchmarks/bench_rtl_sim.py``.
+"""Build and run the RTL under cocotb (Icarus or Verilator): shared by the pytest launchers in
+this folder and by ``benchmarks/bench_rtl_sim.py``.
 
 One absolute build directory per (simulator, HDL parameter set) under ``rtl/build/`` so that
 pytest-xdist workers never share one. ``WAVES=1`` in the environment (or ``waves=True``) dumps
-waveforms (Icarus: ``<build>/pe_array.fst``, Verilator: ``<build>/dump.vcd``).
+waveforms (Icarus: ``<build>/<top>.fst``, Verilator: ``<build>/dump.vcd``).
+
+A build is described by a config object: :class:`HdlConfig` (``pe_array``) or
+:class:`SparseHdlConfig` (``sparse_sddmm`` / ``sparse_spmm``). Each names its HDL top level
+(``toplevel``), its cocotb testbench module (``tb_module``) and the environment variable that
+carries the testbench options (``tb_env``).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Union
 
 TESTS_DIR = Path(__file__).resolve().parent
 RTL_DIR = TESTS_DIR.parent
@@ -93,6 +99,64 @@ class HdlConfig:
                 "IN_W": self.in_w, "W_W": self.w_w, "ACC_W": self.acc_w, "PIPE": self.pipe,
                 "DEPTH": self.depth, "DONE_DELAY": self.done_delay}
 
+    toplevel = property(lambda self: "pe_array")
+    tb_module = property(lambda self: TB_MODULE)
+    tb_env = property(lambda self: "PE_ARRAY_TB")
+
+
+SPARSE_UNITS = ("sddmm", "spmm")
+
+
+@dataclass(frozen=True)
+class SparseHdlConfig:
+    """HDL parameters of one ``sparse_sddmm`` / ``sparse_spmm`` build (the ViTCoD sparser engine):
+    ``lines`` L, ``macs`` W per line, ``rows_per_cycle`` R, the largest head dim ``dmax`` and
+    matrix (``max_rows`` x ``max_cols``, ``max_nnz``; 0 = max_rows * max_cols) the buffers hold."""
+    unit: str = "sddmm"
+    lines: int = 4
+    macs: int = 4
+    rows_per_cycle: int = 2
+    dmax: int = 8
+    max_rows: int = 16
+    max_cols: int = 16
+    max_nnz: int = 0
+    acc_w: int = 32
+    val_signed: int = 0            # SpMM only: the attention values are signed
+    done_delay: int = 0
+
+    def __post_init__(self) -> None:
+        if self.unit not in SPARSE_UNITS:
+            raise ValueError(f"unit must be one of {SPARSE_UNITS}, got {self.unit!r}")
+        if min(self.lines, self.macs, self.rows_per_cycle, self.dmax, self.max_rows, self.max_cols) < 1:
+            raise ValueError(f"every size must be >= 1: {self}")
+        if not 2 <= self.acc_w <= 48:
+            raise ValueError(f"acc_w must be in 2..48, got {self.acc_w}")
+
+    @property
+    def nnz_cap(self) -> int:
+        return self.max_nnz or self.max_rows * self.max_cols
+
+    @property
+    def tag(self) -> str:
+        t = (f"{self.unit}_L{self.lines}W{self.macs}R{self.rows_per_cycle}_d{self.dmax}"
+             f"_{self.max_rows}x{self.max_cols}n{self.nnz_cap}_a{self.acc_w}")
+        return t + ("_sv" if self.val_signed else "") + (f"_late{self.done_delay}" if self.done_delay else "")
+
+    def hdl_parameters(self) -> dict[str, int]:
+        p = {"L": self.lines, "W": self.macs, "R": self.rows_per_cycle, "DMAX": self.dmax,
+             "MAX_ROWS": self.max_rows, "MAX_COLS": self.max_cols, "MAX_NNZ": self.nnz_cap,
+             "ACC_W": self.acc_w, "DONE_DELAY": self.done_delay}
+        if self.unit == "spmm":
+            p["VAL_SIGNED"] = self.val_signed
+        return p
+
+    toplevel = property(lambda self: f"sparse_{self.unit}")
+    tb_module = property(lambda self: "tb_sparse_attention")
+    tb_env = property(lambda self: "SPARSE_ATTENTION_TB")
+
+
+AnyHdlConfig = Union[HdlConfig, SparseHdlConfig]
+
 
 def rtl_sources() -> list[Path]:
     return sorted(RTL_DIR.glob("*.v"))
@@ -102,12 +166,12 @@ def waves_requested(waves: bool = False) -> bool:
     return waves or os.environ.get("WAVES", "0") not in ("", "0")
 
 
-def build_dir_for(sim: str, cfg: HdlConfig, waves: bool = False, opt: str = "") -> Path:
+def build_dir_for(sim: str, cfg: AnyHdlConfig, waves: bool = False, opt: str = "") -> Path:
     suffix = ("-waves" if waves_requested(waves) else "") + (f"-{opt.lstrip('-')}" if opt else "")
     return BUILD_ROOT / f"{sim}-{cfg.tag}{suffix}"
 
 
-def run_cocotb(sim: str, cfg: HdlConfig, testcases: list[str] | None = None,
+def run_cocotb(sim: str, cfg: AnyHdlConfig, testcases: list[str] | None = None,
                tb_options: dict | None = None, waves: bool = False, opt: str = "",
                quiet: bool = False) -> Path:
     """Build (if needed) and simulate; return the results XML path.
@@ -132,7 +196,7 @@ def run_cocotb(sim: str, cfg: HdlConfig, testcases: list[str] | None = None,
     build_args: list[str] = []
     if sim == "verilator":
         build_args = ["-Wall"]
-        sources.insert(0, VerilatorControlFile(TESTS_DIR / "verilator_public.vlt"))
+        sources.insert(0, VerilatorControlFile(_public_vlt(cfg.toplevel, build_dir)))
         _patch_verilator_build(runner, build_dir, _objcache_dir(waves))
     saved = os.environ.get("MAKEFLAGS")
     if sim == "verilator":
@@ -143,7 +207,7 @@ def run_cocotb(sim: str, cfg: HdlConfig, testcases: list[str] | None = None,
         os.environ["MAKEFLAGS"] = " ".join(filter(None, [
             saved, "CFG_CXXFLAGS_PCH_I=-include", "OPT_SLOW=-O0", f"OPT_FAST={opt}", "OPT_GLOBAL=-O1"]))
     try:
-        runner.build(sources=sources, hdl_toplevel="pe_array", parameters=cfg.hdl_parameters(),
+        runner.build(sources=sources, hdl_toplevel=cfg.toplevel, parameters=cfg.hdl_parameters(),
                      build_args=build_args, build_dir=build_dir, timescale=("1ns", "1ps"),
                      waves=waves, log_file=build_dir / "build.log")
         if sim == "verilator":
@@ -154,11 +218,23 @@ def run_cocotb(sim: str, cfg: HdlConfig, testcases: list[str] | None = None,
         else:
             os.environ["MAKEFLAGS"] = saved
     options = {"hdl": asdict(cfg), "sim": sim, **(tb_options or {})}
-    return runner.test(test_module=TB_MODULE, hdl_toplevel="pe_array", build_dir=build_dir,
+    return runner.test(test_module=cfg.tb_module, hdl_toplevel=cfg.toplevel, build_dir=build_dir,
                        test_dir=build_dir, testcase=testcases, waves=waves,
                        results_xml=str(build_dir / "results.xml"),
                        log_file=(build_dir / "sim.log") if quiet else None,
-                       extra_env={"PE_ARRAY_TB": json.dumps(options)})
+                       extra_env={cfg.tb_env: json.dumps(options)})
+
+
+def _public_vlt(top: str, build_dir: Path) -> Path:
+    """The Verilator control file that makes ``top``'s own signals visible to cocotb:
+    tests/verilator_public.vlt for pe_array, a generated ``<build>/public.vlt`` otherwise."""
+    if top == "pe_array":
+        return TESTS_DIR / "verilator_public.vlt"
+    path = build_dir / "public.vlt"
+    text = f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n'
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
 
 
 # Verilator's runtime library objects are the same for every design: compile them once and
