@@ -301,5 +301,24 @@ def read_results(xml_path: Path) -> dict[str, str | None]:
     return out
 
 
+def run_cocotb_tests(sim: str, hdl: AnyHdlConfig, testcases: list[str], options: dict,
+                     quiet: bool = False) -> dict[str, str | None]:
+    """pytest side of a launcher: skip if ``sim`` is missing, run the cocotb ``testcases`` and return
+    {test name: None (passed) or failure message}; fails if cocotb did not run one of them."""
+    import pytest
+
+    missing = simulator_missing(sim)
+    if missing:
+        pytest.skip(f"{sim} unavailable: {missing}")
+    try:
+        xml = run_cocotb(sim, hdl, testcases, options, quiet=quiet)
+    except SystemExit:                     # cocotb's runner exits when a cocotb test fails
+        xml = build_dir_for(sim, hdl) / "results.xml"
+    results = read_results(xml)
+    missing_tests = set(testcases) - set(results)
+    assert not missing_tests, f"cocotb did not run {sorted(missing_tests)} (see {xml.parent})"
+    return results
+
+
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "restore-objs":
     _restore_objs(Path(sys.argv[2]), Path(sys.argv[3]))

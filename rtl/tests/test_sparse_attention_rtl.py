@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rtl_sim import SparseHdlConfig, build_dir_for, read_results, run_cocotb, simulator_missing
+from rtl_sim import SparseHdlConfig, run_cocotb_tests
 
 NORMAL_TESTS = ["random_masks", "edge_cases", "checker_catches_wrong_model",
                 "checker_catches_wrong_numerics"]
@@ -79,19 +79,8 @@ PARAMS = [pytest.param(sim, case, id=f"{sim}-{case.id}",
           for case in CASES for sim in case.sims]
 
 
-def _run(sim: str, hdl: SparseHdlConfig, testcases: list[str], options: dict) -> dict[str, str | None]:
-    """Run cocotb tests; return {test name: None (passed) or failure message}."""
-    missing = simulator_missing(sim)
-    if missing:
-        pytest.skip(f"{sim} unavailable: {missing}")
-    try:
-        xml = run_cocotb(sim, hdl, testcases, options, quiet=True)
-    except SystemExit:                     # cocotb's runner exits when a cocotb test fails
-        xml = build_dir_for(sim, hdl) / "results.xml"
-    results = read_results(xml)
-    missing_tests = set(testcases) - set(results)
-    assert not missing_tests, f"cocotb did not run {sorted(missing_tests)} (see {xml.parent})"
-    return results
+def _run(sim: str, hdl, testcases: list[str], options: dict) -> dict[str, str | None]:
+    return run_cocotb_tests(sim, hdl, testcases, options, quiet=True)
 
 
 @pytest.mark.rtl
