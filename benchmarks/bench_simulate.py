@@ -49,8 +49,6 @@ def bench_networks(repeat: int) -> None:
 def bench_tile_model(repeat: int) -> None:
     geom = ArrayGeometry(32, 32, 2)
     rng = np.random.default_rng(0)
-    a = rng.integers(-128, 128, (32, 256))
-    w = rng.integers(-128, 128, (256, 32))
     print("\n| dataflow | tile (m x n, K) | stepper (s) | tile_cycles (s) | speed-up | cycles |")
     print("|---|---|---|---|---|---|")
     for df, (m, k) in (("os", (32, 256)), ("ws", (256, 32))):

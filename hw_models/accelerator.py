@@ -5,7 +5,7 @@ A preset name (``codesign hw list``) and a path to a user's YAML file are interc
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 

@@ -7,7 +7,7 @@ import pytest
 from hw_models.accelerator import load_accelerator
 from hw_models.cost import op_cost, validate_mapping
 from hw_models.errors import MappingError
-from hw_models.schedule import OpMapping, Schedule
+from hw_models.schedule import Schedule
 from hw_models.simulator import default_mapping, default_schedule, simulate
 from hw_models.workload import ConvShape, OpNode, VectorShape, Workload
 from hw_models.zoo import builtin_names, get_builtin

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["dominates", "pareto_front", "front_table", "write_front_json", "plot_front", "FRONT_FORMAT"]
 
@@ -36,21 +36,28 @@ def pareto_front(points: Sequence[dict[str, Any]], objectives=OBJECTIVES) -> lis
 
 
 def _counts(p: dict[str, Any]) -> str:
-    c = p.get("arch", {}).get("counts", {})
+    c = (p.get("arch") or {}).get("counts", {})
     return f"{c.get('conv', 0)}/{c.get('shift', 0)}/{c.get('adder', 0)}/{c.get('skip', 0)}"
 
 
-def front_table(front: Sequence[dict[str, Any]], reference: dict[str, Any] | None = None) -> str:
+#: The NASA space's columns (the default): family and conv/shift/adder/skip block counts.
+NASA_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("family", lambda p: str(p.get("family", "?"))), ("conv/shift/adder/skip", _counts))
+
+
+def front_table(front: Sequence[dict[str, Any]], reference: dict[str, Any] | None = None,
+                columns: Sequence[tuple[str, Callable[[dict[str, Any]], str]]] | None = None) -> str:
     """A plain-text table (also valid Markdown) of the front; ``reference`` (e.g. the best all-conv
-    network) is appended, marked, when it is not on the front."""
+    network) is appended, marked, when it is not on the front. ``columns``: the space-specific
+    (header, point -> text) columns after "trial" (default: the NASA space's)."""
+    columns = NASA_COLUMNS if columns is None else tuple(columns)
     rows = [(p, "") for p in front]
     if reference is not None and all(p.get("trial") != reference.get("trial") for p in front):
         rows.append((reference, " (ref)"))
-    headers = ["trial", "family", "conv/shift/adder/skip", "val acc %", "test acc %", "latency ms",
-               "energy uJ", "EDP uJ*ms"]
+    headers = ["trial", *(h for h, _ in columns), "val acc %", "test acc %", "latency ms", "energy uJ", "EDP uJ*ms"]
     body = []
     for p, mark in rows:
-        body.append([f"{p.get('trial', '-')}{mark}", p.get("family", "?"), _counts(p),
+        body.append([f"{p.get('trial', '-')}{mark}", *(fn(p) for _, fn in columns),
                      f"{100 * float(p['accuracy']):.2f}",
                      f"{100 * float(p['test_accuracy']):.2f}" if p.get("test_accuracy") is not None else "-",
                      f"{1e3 * float(p['latency_s']):.4f}", f"{1e-6 * float(p['energy_pj']):.3f}",
@@ -72,8 +79,9 @@ def write_front_json(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def plot_front(path: str | Path, points: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
-               title: str = "") -> Path:
-    """Accuracy vs latency and accuracy vs energy: every trial, the front, all-conv trials marked."""
+               title: str = "", reference_family: str | None = "conv", reference_label: str = "all-conv") -> Path:
+    """Accuracy vs latency and accuracy vs energy: every trial, the front, the trials of
+    ``reference_family`` (all-conv networks in the NASA space, dense ones in ViTCoD's) marked."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -84,7 +92,7 @@ def plot_front(path: str | Path, points: Sequence[dict[str, Any]], front: Sequen
     for ax, key, scale, label in ((axes[0], "latency_s", 1e3, "modelled latency (ms)"),
                                   (axes[1], "energy_pj", 1e-6, "modelled energy (uJ)")):
         rest = [p for p in points if p.get("trial") not in on_front]
-        conv = [p for p in points if p.get("family") == "conv"]
+        conv = [p for p in points if reference_family is not None and p.get("family") == reference_family]
         ax.scatter([scale * p[key] for p in rest], [100 * p["accuracy"] for p in rest], s=18, c="0.7",
                    label="trials")
         # The front is non-dominated in all three objectives, so its 2-D projections need not be
@@ -96,7 +104,7 @@ def plot_front(path: str | Path, points: Sequence[dict[str, Any]], front: Sequen
                         xytext=(3, 3), textcoords="offset points")
         if conv:
             ax.scatter([scale * p[key] for p in conv], [100 * p["accuracy"] for p in conv], marker="s",
-                       facecolors="none", edgecolors="tab:blue", s=60, label="all-conv")
+                       facecolors="none", edgecolors="tab:blue", s=60, label=reference_label or reference_family)
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)

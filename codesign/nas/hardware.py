@@ -7,6 +7,10 @@ FLOP-count heuristics.
 
 * :meth:`HardwareModel.measure_architecture`: latency and energy of a whole derived network (the
   outer loop's objectives).
+* :meth:`HardwareModel.measure_workload_cached`: the same for any workload IR (e.g. a masked ViT
+  built by ``hw_models.zoo.vit``), cached by a digest of its JSON; :meth:`HardwareModel.with_accelerator`
+  gives a model of another accelerator (e.g. a variant made with ``dataclasses.replace``) with the
+  same mapper settings and cache file.
 * :meth:`HardwareModel.block_cost` / :meth:`HardwareModel.cost_table`: latency and energy of one
   block candidate alone (its standalone module, lowered at the block's input shape, batch 1), the
   per-candidate terms of the supernet's differentiable hardware cost. ``skip`` costs nothing.
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from hw_models.accelerator import Accelerator, load_accelerator
+from codesign.mapper.search import EFFORTS as MAPPER_EFFORTS
 from hw_models.errors import CodesignError
 from hw_models.simulator import simulate
 from hw_models.workload import Workload
@@ -40,20 +45,7 @@ CACHE_FORMAT = "codesign-hwcache/1"
 #: default. Either way the budget is only a ceiling: with the default 30 s the per-op searches stop
 #: on their evaluation caps, not on the clock, so the same network maps to the same schedule on any
 #: machine load (the front is reproducible); a search that hit the clock would not be.
-EFFORTS = ("quick", "full")
-
-
-def _quick_mapper():
-    """``map_workload`` with the mapper's QUICK effort, or None when this mapper has no such knob."""
-    try:
-        from codesign.mapper import map_workload_detailed
-        from codesign.mapper.search import QUICK
-    except ImportError:
-        return None
-
-    def run(workload, accel, **kw):
-        return map_workload_detailed(workload, accel, effort=QUICK, **kw).schedule
-    return run
+EFFORTS = tuple(MAPPER_EFFORTS)
 
 
 @dataclass(frozen=True)
@@ -146,19 +138,25 @@ class HardwareModel:
     def map(self, workload: Workload):
         """The auto-mapper's schedule for ``workload`` under this model's settings."""
         from codesign.mapper import map_workload
-        if self.effort == "quick":
-            quick = _quick_mapper()
-            if quick is not None:
-                return quick(workload, self.accel, objective=self.objective, budget_s=self.map_budget_s,
-                             mode=self.mode, seed=self.seed, progress=False)
         return map_workload(workload, self.accel, objective=self.objective, budget_s=self.map_budget_s,
-                            mode=self.mode, co_search=False, seed=self.seed, progress=False)
+                            mode=self.mode, seed=self.seed, progress=False, effort=self.effort)
 
     def measure_workload(self, workload: Workload) -> HwMetrics:
         """Map (auto-mapper) and simulate one workload."""
         schedule = self.map(workload)
         result = simulate(workload, self.accel, schedule)
         return HwMetrics(float(result.seconds), float(result.energy_total_pj), float(result.cycles))
+
+    def measure_workload_cached(self, workload: Workload) -> HwMetrics:
+        """:meth:`measure_workload`, cached by a digest of the workload's JSON (shapes, bits, masks)."""
+        blob = json.dumps(workload.to_dict(), sort_keys=True, default=str)
+        key = f"workload|{hashlib.sha1(blob.encode()).hexdigest()}"
+        return self._cached(key, lambda: self.measure_workload(workload))
+
+    def with_accelerator(self, accel: Accelerator) -> "HardwareModel":
+        """The same mapper settings and cache file on another accelerator (its own cache entries)."""
+        return HardwareModel(accel, objective=self.objective, map_budget_s=self.map_budget_s, seed=self.seed,
+                             mode=self.mode, cache_path=self.cache_path, effort=self.effort)
 
     def lower(self, module, input_shape: tuple[int, ...], name: str | None = None) -> Workload:
         """Lower a torch module at batch 1 (``input_shape`` = (C, H, W)) to the workload IR."""

@@ -1,12 +1,11 @@
 """The outer multi-objective loop: Optuna (NSGA-II) trials in a real database, resumable, multi-worker.
 
-A trial gets an architecture -- ``strategy="sample"``: NSGA-II chooses one candidate per block
-(categorical parameters ``b00``, ``b01``, ...); ``strategy="derive"``: NSGA-II chooses the hardware
-weight and the latency/energy mix of the differentiable search, which derives the architecture from
-the pretrained supernet -- trains it from scratch for ``epochs`` epochs, measures accuracy on the
-held-out validation split (and the test split, reported only), then lowers, maps and simulates the
-whole network on the accelerator. Objectives: validation accuracy (max), latency in seconds (min),
-energy in pJ (min). The record and every metric are stored as the trial's user attributes.
+The loop does not know what it searches: a :class:`~codesign.nas.spaces.SpaceDriver` (chosen by
+``--space``: :mod:`codesign.nas.nasa_space`, :mod:`codesign.nas.vitcod_space`) builds the per-search
+context, turns a trial's parameters into a candidate, trains and measures it, and says what the front
+shows. Objectives: validation accuracy (max), latency in seconds (min), energy in pJ (min), modelled on
+the accelerator by the mapper and the simulator. The record and every metric are stored as the trial's
+user attributes.
 
 Storage: ``sqlite:///OUT/trials.db`` by default, or any SQLAlchemy URL (PostgreSQL, MySQL) so
 workers on many machines share one study. Robustness:
@@ -18,7 +17,8 @@ workers on many machines share one study. Robustness:
   its parameters are enqueued again, so a search killed with SIGKILL resumes (``resume=True``)
   without redoing finished trials and without losing the interrupted one;
 * Ctrl-C marks the running trial FAIL and enqueues it again before exiting;
-* an architecture already evaluated in the study is not trained again: its metrics are copied.
+* a candidate already evaluated in the study (same canonical string) is not trained again: its
+  metrics are copied.
 
 Determinism: with ``workers=1`` on the CPU, the same seed gives the same trials and the same front
 (seeded NSGA-II sampler, per-architecture training seeds, deterministic mapper budget permitting).
@@ -42,7 +42,7 @@ from typing import Any
 from hw_models.errors import CodesignError
 
 __all__ = ["SearchConfig", "SearchOutcome", "run_search", "run_worker", "open_study", "collect_points",
-           "OBJECTIVE_NAMES", "DIRECTIONS", "STRATEGIES"]
+           "validate", "OBJECTIVE_NAMES", "DIRECTIONS", "STRATEGIES"]
 
 OBJECTIVE_NAMES = ("accuracy", "latency_s", "energy_pj")
 DIRECTIONS = ("maximize", "minimize", "minimize")
@@ -56,7 +56,7 @@ MAX_CONSECUTIVE_FAILURES = 3
 class SearchConfig:
     out: str
     space: str = "nasa"
-    hw: str = "nasa-chunked"
+    hw: str | None = None                  # default: the space's (nasa-chunked; vitcod for --space vitcod)
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -68,7 +68,7 @@ class SearchConfig:
     seed: int = 0
     strategy: str = "sample"
     batch_size: int | None = None          # default: 32 for digits, 64 otherwise
-    lr: float = 0.1
+    lr: float | None = None                # default: the space's (SGD 0.1 for nasa, AdamW 1e-3 for vitcod)
     device: str = "auto"
     width_mult: float = 1.0
     depth_mult: float = 1.0
@@ -77,7 +77,7 @@ class SearchConfig:
     map_effort: str = "quick"
     population: int | None = None
     study_name: str | None = None
-    baselines: tuple[str, ...] = ("conv_k3_e6",)
+    baselines: tuple[str, ...] | None = None   # default: the space's (conv_k3_e6 for nasa, dense for vitcod)
     train_limit: int | None = None
     val_fraction: float | None = None
     # differentiable search (strategy "derive")
@@ -86,6 +86,9 @@ class SearchConfig:
     supernet_mode: str = "hard"
     tau0: float = 5.0
     tau_decay: float = 0.975
+    # ViTCoD space: the dense ViT pretrained once per search
+    pretrain_epochs: int | None = None      # default 20 for digits, 12 otherwise
+    pretrain_lr: float | None = None        # default 5 x lr
     # robustness / UI
     heartbeat_s: float = 10.0
     stale_after_s: float = 300.0
@@ -113,14 +116,16 @@ class SearchConfig:
 
     def identity(self) -> dict[str, Any]:
         """Settings a resumed (or joining) worker must share with the study."""
+        from codesign.nas.spaces import get_driver
         keys = ("space", "hw", "dataset", "epochs", "seed", "strategy", "batch_size", "lr", "width_mult",
                 "depth_mult", "map_budget_s", "map_objective", "map_effort", "train_limit", "val_fraction",
                 "supernet_pretrain", "supernet_search_epochs", "supernet_mode", "tau0", "tau_decay")
+        keys += get_driver(self.space).identity_keys
         return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["baselines"] = list(self.baselines)
+        d["baselines"] = None if self.baselines is None else list(self.baselines)
         if self.storage:
             d["storage"] = _redact(self.storage)
         return d
@@ -129,7 +134,7 @@ class SearchConfig:
     def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        if "baselines" in kw:
+        if kw.get("baselines") is not None:
             kw["baselines"] = tuple(kw["baselines"])
         return cls(**kw)
 
@@ -160,16 +165,25 @@ def _redact(url: str) -> str:
 
 
 def validate(cfg: SearchConfig) -> None:
-    from search_spaces.nasa_space import SPACE_NAMES, Candidate
+    """Check the settings (one-line CodesignError) and fill in the defaults of the chosen space."""
     from codesign.data import DATASETS
-    if cfg.space not in SPACE_NAMES:
-        raise CodesignError(f"unknown search space {cfg.space!r} (known: {', '.join(SPACE_NAMES)})")
+    from codesign.nas.spaces import get_driver
+    driver = get_driver(cfg.space)                       # unknown --space: one line
     if cfg.dataset not in DATASETS:
         raise CodesignError(f"unknown dataset {cfg.dataset!r} (known: {', '.join(DATASETS)})")
     if cfg.strategy not in STRATEGIES:
         raise CodesignError(f"unknown strategy {cfg.strategy!r} (known: {', '.join(STRATEGIES)})")
+    if cfg.strategy not in driver.strategies:
+        raise CodesignError(f"--strategy {cfg.strategy} is not available for --space {cfg.space} "
+                            f"(available: {', '.join(driver.strategies)})")
     if cfg.batch_size is None:
         cfg.batch_size = 32 if cfg.dataset == "digits" else 64
+    if cfg.hw is None:
+        cfg.hw = driver.default_hw
+    if cfg.lr is None:
+        cfg.lr = driver.default_lr(cfg)
+    if cfg.baselines is None:
+        cfg.baselines = tuple(driver.default_baselines)
     for name, value, low in (("--trials", cfg.trials, 1), ("--workers", cfg.workers, 1), ("--epochs", cfg.epochs, 0),
                              ("--batch-size", cfg.batch_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -186,11 +200,7 @@ def validate(cfg: SearchConfig) -> None:
         raise CodesignError(f"--map-effort must be quick or full, got {cfg.map_effort!r}")
     if cfg.map_objective not in ("edp", "latency", "energy"):
         raise CodesignError(f"--map-objective must be edp, latency or energy, got {cfg.map_objective!r}")
-    for b in cfg.baselines:
-        try:
-            Candidate.parse(b)
-        except ValueError as exc:
-            raise CodesignError(f"--baseline: {exc}") from None
+    driver.validate(cfg)
     if cfg.storage is not None:
         _check_url(cfg.storage)
 
@@ -272,23 +282,6 @@ def open_study(cfg: SearchConfig, create: bool, salt: int = 0):
         study.set_metric_names(list(OBJECTIVE_NAMES))
     study.set_user_attr(CONFIG_ATTR, json.loads(json.dumps(cfg.identity())))
     return study, True
-
-
-def _enqueue_baselines(study, cfg: SearchConfig, space) -> list[str]:
-    added = []
-    for cand in cfg.baselines:
-        try:
-            arch = space.uniform(cand, fallback="conv_k3_e1" if cand.startswith("conv") else None)
-        except ValueError as exc:
-            raise CodesignError(f"--baseline {cand}: {exc}") from None
-        if cfg.strategy == "sample":
-            study.enqueue_trial({f"b{i:02d}": op for i, op in enumerate(arch.ops)},
-                                user_attrs={"baseline": arch.to_string()})
-        else:
-            study.enqueue_trial({"hw_weight": 1e-3, "lat_share": 0.5},
-                                user_attrs={"baseline": arch.to_string(), "fixed_arch": arch.to_string()})
-        added.append(arch.to_string())
-    return added
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,15 +369,8 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-@dataclass
-class _Context:
-    cfg: SearchConfig
-    space: Any
-    bundle: Any
-    hw: Any
-    device: Any
-    supernet_state: dict | None = None
-    cost_table: list | None = None
+#: User attributes of a trial that belong to that trial only (a duplicate does not copy them).
+_OWN_ATTRS = ("worker", "heartbeat", "baseline", "retry_of", "retry_reason", "fixed_arch")
 
 
 def _duplicate_of(study, arch_string: str, number: int):
@@ -395,74 +381,22 @@ def _duplicate_of(study, arch_string: str, number: int):
     return None
 
 
-def _architecture(trial, ctx: _Context):
-    from search_spaces.nasa_space import parse_architecture
-    cfg, space = ctx.cfg, ctx.space
-    fixed = trial.user_attrs.get("fixed_arch")
-    if cfg.strategy == "sample":
-        choices = [trial.suggest_categorical(f"b{i:02d}", list(b.candidate_names)) for i, b in enumerate(space.blocks)]
-        return space.decode(choices), None
-    hw_weight = trial.suggest_float("hw_weight", 1e-3, 10.0, log=True)
-    lat_share = trial.suggest_float("lat_share", 0.0, 1.0)
-    if fixed:
-        return parse_architecture(fixed), None
-    from codesign.nas.differentiable import normalized_cost_table, search
-    from search_spaces.supernet import Supernet
-    import torch
-    dcfg = _dnas_config(cfg, hw_weight=hw_weight, lat_share=lat_share)
-    torch.manual_seed(cfg.seed)
-    net = Supernet(space, mode=dcfg.mode)
-    net.load_state_dict(ctx.supernet_state)
-    seed = cfg.seed * 1000 + trial.number
-    result = search(net, ctx.bundle, normalized_cost_table(ctx.cost_table), dcfg, ctx.device, seed,
-                    progress=cfg.progress and cfg.workers == 1)
-    return result.arch, {"probabilities": result.probabilities, "seconds": result.seconds,
-                         "final": result.history[-1] if result.history else {}}
-
-
-def _dnas_config(cfg: SearchConfig, **kw: Any):
-    from codesign.nas.differentiable import DnasConfig, parse_schedule
-    return DnasConfig(pretrain=parse_schedule(cfg.supernet_pretrain), search_epochs=cfg.supernet_search_epochs,
-                      tau0=cfg.tau0, tau_decay=cfg.tau_decay, mode=cfg.supernet_mode, batch_size=cfg.batch_size,
-                      w_lr=cfg.lr, **kw)
-
-
-def _evaluate_trial(trial, study, ctx: _Context) -> tuple[float, float, float]:
-    import torch
-    from codesign.nas.train import TrainConfig, arch_seed, count_parameters, evaluate, train_model
-    from search_spaces.nasa_space import build_model
-    cfg = ctx.cfg
-    t0 = time.perf_counter()
-    arch, dnas = _architecture(trial, ctx)
-    key = arch.to_string()
+def _evaluate_trial(trial, study, ctx) -> tuple[float, float, float]:
+    """Suggest (the space's driver), skip known candidates, evaluate, store the record."""
+    driver = _driver(ctx.cfg)
+    key, candidate = driver.suggest(trial, ctx)
     trial.set_user_attr("arch_string", key)
     dup = _duplicate_of(study, key, trial.number)
     if dup is not None:
         for k, v in dup.user_attrs.items():
-            if k not in ("worker", "heartbeat", "baseline", "retry_of", "retry_reason", "fixed_arch", "dnas"):
+            if k not in _OWN_ATTRS and k not in driver.private_attrs:
                 trial.set_user_attr(k, v)
         trial.set_user_attr("duplicate_of", dup.number)
         return tuple(dup.values)                       # type: ignore[return-value]
-    seed = arch_seed(cfg.seed, key)
-    model = build_model(arch, seed=seed)
-    hist = train_model(model, ctx.bundle, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr),
-                       ctx.device, seed, progress=cfg.progress and cfg.workers == 1, desc=f"trial {trial.number}")
-    val_acc = evaluate(model, ctx.bundle, ctx.bundle.val, ctx.device)
-    test_acc = evaluate(model, ctx.bundle, ctx.bundle.test, ctx.device)
-    t1 = time.perf_counter()
-    hw = ctx.hw.measure_architecture(arch)
-    ctx.hw.flush()
-    t2 = time.perf_counter()
-    attrs = {"arch": arch.to_dict(), "family": arch.family, "accuracy": val_acc, "test_accuracy": test_acc,
-             "latency_s": hw.latency_s, "energy_pj": hw.energy_pj, "cycles": hw.cycles,
-             "params": count_parameters(model), "train_loss": hist["train_loss"], "diverged": hist["diverged"],
-             "train_seconds": round(t1 - t0, 3), "hw_seconds": round(t2 - t1, 3),
-             "device": str(ctx.device)}
-    if dnas is not None:
-        attrs["dnas"] = dnas
+    values, attrs = driver.evaluate(trial, study, candidate, ctx)
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
-    return (val_acc, hw.latency_s, hw.energy_pj)
+    return values
 
 
 def _counts(study) -> tuple[int, int]:
@@ -472,51 +406,18 @@ def _counts(study) -> tuple[int, int]:
     return complete, len(trials) - complete
 
 
-def _make_context(cfg: SearchConfig, need_supernet: bool = True) -> _Context:
-    import torch
-    from codesign.data import load_dataset
-    from codesign.nas.hardware import HardwareModel
-    from codesign.nas.train import resolve_device
-    from search_spaces.nasa_space import build_space
-    device = resolve_device(cfg.device)
-    bundle = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, split_seed=0,
-                          val_fraction=cfg.val_fraction or (0.2 if cfg.dataset == "digits" else 0.1),
-                          train_limit=cfg.train_limit)
-    try:
-        space = build_space(cfg.space, bundle.input_shape, bundle.num_classes, cfg.width_mult, cfg.depth_mult)
-    except ValueError as exc:
-        raise CodesignError(f"search space: {exc}") from None
-    hw = HardwareModel(cfg.hw, objective=cfg.map_objective, map_budget_s=cfg.map_budget_s, seed=cfg.seed,
-                       cache_path=cfg.out_dir / "hw_cache.json", effort=cfg.map_effort)
-    ctx = _Context(cfg, space, bundle, hw, device)
-    if cfg.strategy == "derive" and need_supernet:
-        ctx.cost_table = hw.cost_table(space, progress=cfg.progress)
-        ctx.supernet_state = _supernet_state(cfg, ctx)
+def _driver(cfg: SearchConfig):
+    from codesign.nas.spaces import get_driver
+    return get_driver(cfg.space)
+
+
+def _make_context(cfg: SearchConfig, prepare: bool = True):
+    """The space's context; ``prepare`` also builds its once-per-search state (loaded when cached)."""
+    driver = _driver(cfg)
+    ctx = driver.make_context(cfg)
+    if prepare:
+        driver.prepare(ctx)
     return ctx
-
-
-def _supernet_state(cfg: SearchConfig, ctx: _Context) -> dict:
-    """The progressively pretrained supernet: loaded from OUT/supernet.pt, or trained and saved."""
-    import torch
-    from codesign.nas.differentiable import pretrain
-    from search_spaces.supernet import Supernet
-    path = cfg.out_dir / "supernet.pt"
-    ident = json.dumps({**cfg.identity(), "space_key": ctx.space.key}, sort_keys=True)
-    if path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if blob.get("identity") == ident:
-                return blob["state"]
-        except Exception:                                          # noqa: BLE001 - retrain on a bad file
-            pass
-    torch.manual_seed(cfg.seed)
-    net = Supernet(ctx.space, mode=cfg.supernet_mode)
-    history = pretrain(net, ctx.bundle, _dnas_config(cfg), ctx.device, cfg.seed, progress=cfg.progress)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"identity": ident, "state": state, "history": json.dumps(history)}, tmp)
-    os.replace(tmp, path)
-    return state
 
 
 def _set_threads(cfg: SearchConfig) -> None:
@@ -527,7 +428,7 @@ def _set_threads(cfg: SearchConfig) -> None:
     torch.set_num_threads(n)
 
 
-def run_worker(cfg: SearchConfig, worker_id: int = 0, ctx: _Context | None = None,
+def run_worker(cfg: SearchConfig, worker_id: int = 0, ctx=None,
                on_complete=None) -> int:
     """Run trials until the study has ``cfg.trials`` COMPLETE ones; returns how many this worker ran."""
     from optuna.trial import TrialState
@@ -580,7 +481,7 @@ def run_worker(cfg: SearchConfig, worker_id: int = 0, ctx: _Context | None = Non
         ran += 1
         if on_complete is not None:
             on_complete(trial.number)
-    ctx.hw.flush()
+    ctx.flush()
     return ran
 
 
@@ -615,42 +516,43 @@ def _worker_main(cfg_dict: dict[str, Any], worker_id: int) -> None:        # spa
 # results
 
 
-def collect_points(study) -> list[dict[str, Any]]:
-    """One dict per COMPLETE trial: its objectives, metrics and architecture record."""
+def collect_points(study, driver=None) -> list[dict[str, Any]]:
+    """One dict per COMPLETE trial: its objectives, metrics and architecture record (plus the fields
+    ``driver.point_extras`` adds)."""
     from optuna.trial import TrialState
     pts = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         a = t.user_attrs
-        pts.append({"trial": t.number, "accuracy": float(t.values[0]), "latency_s": float(t.values[1]),
-                    "energy_pj": float(t.values[2]), "test_accuracy": a.get("test_accuracy"),
-                    "cycles": a.get("cycles"), "family": a.get("family"), "params": a.get("params"),
-                    "arch_string": a.get("arch_string"), "arch": a.get("arch", {}),
-                    "duplicate_of": a.get("duplicate_of"), "baseline": "baseline" in a,
-                    "train_seconds": a.get("train_seconds")})
+        p = {"trial": t.number, "accuracy": float(t.values[0]), "latency_s": float(t.values[1]),
+             "energy_pj": float(t.values[2]), "test_accuracy": a.get("test_accuracy"),
+             "cycles": a.get("cycles"), "family": a.get("family"), "params": a.get("params"),
+             "arch_string": a.get("arch_string"), "arch": a.get("arch", {}),
+             "duplicate_of": a.get("duplicate_of"), "baseline": "baseline" in a,
+             "train_seconds": a.get("train_seconds")}
+        if driver is not None:
+            p.update(driver.point_extras(a))
+        pts.append(p)
     return sorted(pts, key=lambda p: p["trial"])
-
-
-def best_all_conv(points: list[dict[str, Any]]) -> dict[str, Any] | None:
-    conv = [p for p in points if p.get("family") == "conv"]
-    return max(conv, key=lambda p: (p["accuracy"], -p["latency_s"], -p["trial"])) if conv else None
 
 
 def summarize(cfg: SearchConfig, study, seconds: float = 0.0) -> SearchOutcome:
     from optuna.trial import TrialState
     from codesign.nas.front import front_table, pareto_front, plot_front, write_front_json
-    points = collect_points(study)
+    driver = _driver(cfg)
+    points = collect_points(study, driver)
     front = pareto_front(points)
-    ref = best_all_conv(points)
+    ref = driver.reference(points)
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     out = cfg.out_dir
-    payload = {"study": cfg.name, "storage": _redact(cfg.storage_url), "objectives": list(OBJECTIVE_NAMES),
-               "directions": list(DIRECTIONS), "config": cfg.to_dict(), "trials_complete": len(points),
-               "trials_failed": failed, "front": front, "best_all_conv": ref,
-               "hybrids_on_front": [p["trial"] for p in front if p.get("family") not in ("conv", None)]}
+    payload = {"study": cfg.name, "space": cfg.space, "storage": _redact(cfg.storage_url),
+               "objectives": list(OBJECTIVE_NAMES), "directions": list(DIRECTIONS), "config": cfg.to_dict(),
+               "trials_complete": len(points), "trials_failed": failed, "front": front,
+               "reference": ref, **driver.front_extras(front, ref)}
     fj = write_front_json(out / "front.json", payload)
     fp = plot_front(out / "front.png", points, front,
-                    title=f"{cfg.name}: {cfg.dataset}, {cfg.space}, {cfg.hw}, {len(points)} trials")
-    table = front_table(front, ref)
+                    title=f"{cfg.name}: {cfg.dataset}, {cfg.space}, {cfg.hw}, {len(points)} trials",
+                    reference_family=driver.reference_family, reference_label=driver.reference_marker)
+    table = front_table(front, ref, columns=driver.table_columns())
     return SearchOutcome(front, points, ref, fj, fp, table, len(points), failed, seconds)
 
 
@@ -665,20 +567,19 @@ def run_search(cfg: SearchConfig, log=print) -> SearchOutcome:
     if cfg.max_minutes is not None:
         cfg.deadline_unix = time.time() + 60.0 * cfg.max_minutes
     _set_threads(cfg)
-    ctx = _make_context(cfg, need_supernet=False)      # validates data set, hardware, space up front
+    driver = _driver(cfg)
+    ctx = _make_context(cfg, prepare=False)             # validates data set, hardware, space up front
     study, created = open_study(cfg, create=True)
     if created:
-        _enqueue_baselines(study, cfg, ctx.space)
+        driver.enqueue_baselines(study, ctx)
     else:
         stale = fail_stale_trials(study, cfg)
         if stale:
             log(f"resume: marked interrupted trial(s) {', '.join(map(str, stale))} as FAIL and queued them again")
     complete, _ = _counts(study)
-    log(f"search {cfg.name}: {ctx.bundle.describe()}; space {ctx.space.key} ({len(ctx.space)} blocks); "
+    log(f"search {cfg.name}: {ctx.bundle.describe()}; {driver.describe(ctx)}; "
         f"hw {ctx.hw.name}; {complete}/{cfg.trials} trials complete; storage {_redact(cfg.storage_url)}")
-    if cfg.strategy == "derive":
-        ctx.cost_table = ctx.hw.cost_table(ctx.space, progress=cfg.progress)
-        ctx.supernet_state = _supernet_state(cfg, ctx)
+    driver.prepare(ctx, log=log)                        # e.g. NASA's supernet, ViTCoD's pretrained ViT (cached)
     bar = None
     if cfg.progress:
         from tqdm import tqdm

@@ -27,7 +27,10 @@ __all__ = ["TrainConfig", "resolve_device", "autocast", "make_scaler", "train_mo
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD (Nesterov momentum) with a per-step cosine learning rate; ``epochs`` may be 0."""
+    """A per-step learning rate: linear warm-up, then cosine down to ``min_lr_ratio`` x ``lr``;
+    ``epochs`` may be 0. ``optimizer``: "sgd" (Nesterov momentum; the CNNs) or "adamw" (weight
+    decay on matrices only, not on biases, norms, CLS token or positional embedding; the ViTs).
+    ``clip_grad`` > 0 clips the global gradient norm."""
 
     epochs: int = 3
     batch_size: int = 32
@@ -36,6 +39,9 @@ class TrainConfig:
     weight_decay: float = 5e-5
     label_smoothing: float = 0.0
     warmup_steps: int = 0
+    optimizer: str = "sgd"
+    min_lr_ratio: float = 0.0
+    clip_grad: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,22 +91,40 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _cosine(step: int, total: int, base: float, warmup: int) -> float:
+def _cosine(step: int, total: int, base: float, warmup: int, min_ratio: float = 0.0) -> float:
     if warmup and step < warmup:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * base * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return base * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.dim() < 2 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    if cfg.optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
 
 
 def train_model(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, device: torch.device, seed: int,
                 split: Split | None = None, on_epoch: Callable[[int, float], None] | None = None,
-                progress: bool = False, desc: str = "train") -> dict:
-    """Train ``model`` in place on ``split`` (default: the training split); returns a small history."""
+                progress: bool = False, desc: str = "train",
+                extra_loss: Callable[[nn.Module], torch.Tensor | float] | None = None) -> dict:
+    """Train ``model`` in place on ``split`` (default: the training split); returns a small history.
+
+    ``extra_loss(model)`` is added to the cross-entropy of every step (e.g. ViTCoD's weighted Q/K
+    reconstruction loss). A non-finite loss stops training before it touches the weights.
+    """
     split = split if split is not None else bundle.train
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          weight_decay=cfg.weight_decay)
+    opt = _optimizer(model, cfg)
     scaler = make_scaler(device)
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, math.ceil(len(split) / cfg.batch_size))
@@ -115,20 +139,27 @@ def train_model(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, device: 
         for x, y in batches(bundle, split, cfg.batch_size, shuffle=True, generator=gen,
                             augment=bundle.augment, device=device):
             for g in opt.param_groups:
-                g["lr"] = _cosine(step, total, cfg.lr, cfg.warmup_steps)
+                g["lr"] = _cosine(step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
             with autocast(device):
                 loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
+            if not torch.isfinite(loss):          # diverged: stop; the accuracy will say so
+                diverged = True
+                break
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                if cfg.clip_grad > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 scaler.step(opt)
                 scaler.update()
             else:
                 loss.backward()
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
-            if not torch.isfinite(loss):          # diverged: stop; the accuracy will say so
-                diverged = True
-                break
             run_loss += float(loss.detach()) * len(y)
             n += len(y)
             step += 1

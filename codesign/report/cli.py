@@ -6,7 +6,6 @@ import shlex
 import sys
 from pathlib import Path
 
-from hw_models.errors import CodesignError
 
 
 def _int_list(text: str) -> list[int]:

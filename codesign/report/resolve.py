@@ -6,7 +6,11 @@ Accepted forms (those of ``codesign map`` plus architecture records):
   * ``pkg.module:factory``: a callable returning an ``nn.Module``; IR from ``codesign.lower``;
   * a workload JSON: IR only -- it has no weights and no code, so nothing can run on a CPU/GPU;
   * an architecture record from a search: a record JSON file, or ``runs/NAME@K`` (the K-th record of
-    that search's front); model and IR are built from the record by ``search_spaces.nasa_space``.
+    that search's front). NASA records: model built by ``search_spaces.nasa_space``, IR by lowering it.
+    ViTCoD records (``codesign search --space vitcod``): IR by ``codesign.nas.vitcod_space.workload_from_record``
+    (``hw_models.zoo.vit`` with the record's masks and Q/K auto-encoder), model by
+    ``search_spaces.vitcod_space.build_model`` -- with the search's fine-tuned weights when the front point
+    names a weights file that exists (``OUT/weights/trial-NNNN.pt``), else random weights (noted).
 """
 from __future__ import annotations
 
@@ -163,7 +167,7 @@ def resolve_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Reso
         k = int(m.group(2))
         if k >= len(records):
             raise CodesignError(f"{spec}: the front in {path} has {len(records)} records (0..{len(records) - 1})")
-        rm = _from_record(records[k], f"{Path(m.group(1)).name}@{k}", input_shape, spec)
+        rm = _from_record(records[k], f"{Path(m.group(1)).name}@{k}", input_shape, spec, base_dir=Path(m.group(1)))
         rm.record_index, rm.search_dir = k, str(Path(m.group(1)))
         return rm
 
@@ -176,7 +180,7 @@ def resolve_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Reso
         except (OSError, json.JSONDecodeError) as exc:
             raise CodesignError(f"{path}: not valid JSON ({exc})") from None
         if _is_arch_record(data):
-            return _from_record(data, path.stem, input_shape, spec)
+            return _from_record(data, path.stem, input_shape, spec, base_dir=path.parent)
         try:
             wl = Workload.from_dict(data)
         except WorkloadError as exc:
@@ -208,8 +212,11 @@ def resolve_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Reso
                         "architecture-record JSON, runs/NAME@K, or pkg.module:factory")
 
 
-def _from_record(record: dict, name: str, input_shape: tuple[int, ...] | None, spec: str) -> ResolvedModel:
+def _from_record(record: dict, name: str, input_shape: tuple[int, ...] | None, spec: str,
+                 base_dir: Path | None = None) -> ResolvedModel:
     arch, point = _record_parts(record)
+    if _is_vitcod_record(arch):
+        return _from_vitcod_record(arch, point, name, input_shape, spec, base_dir)
     space = _nasa_space()
     try:
         parsed = space.parse_architecture(arch)
@@ -231,6 +238,67 @@ def _from_record(record: dict, name: str, input_shape: tuple[int, ...] | None, s
     rm = ResolvedModel(spec, name, "architecture record", wl, shape, module=module, record=arch, description=desc)
     if input_shape and tuple(input_shape) != shape:
         rm.notes.append(f"--input-shape ignored: the record's space fixes the input to {'x'.join(map(str, shape))}")
+    return rm
+
+
+def _is_vitcod_record(arch: dict) -> bool:
+    return str(arch.get("format", "")).startswith("codesign-arch-vitcod") or arch.get("space") == "vitcod"
+
+
+def _from_vitcod_record(arch: dict, point: dict, name: str, input_shape: tuple[int, ...] | None, spec: str,
+                        base_dir: Path | None) -> ResolvedModel:
+    """A ViTCoD record: the masked ViT's IR (zoo.vit) and its PyTorch model (saved or random weights)."""
+    try:
+        import torch
+        from search_spaces.vitcod_space import ViTCoDArch, build_model
+        from codesign.nas.vitcod_space import workload_from_record
+    except ImportError as exc:
+        raise CodesignError(f"ViTCoD records need search_spaces.vitcod_space, which cannot be imported ({exc})") from None
+    try:
+        parsed = ViTCoDArch.from_dict(arch)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CodesignError(f"{spec}: not a valid ViTCoD record ({exc})") from None
+    try:
+        wl = workload_from_record(parsed, name=name)
+    except WorkloadError as exc:
+        raise CodesignError(f"{spec}: {exc}") from None
+    v = parsed.vit
+    shape = (1, v.in_chans, v.image_size, v.image_size)
+    notes = []
+    state, weights = None, point.get("weights") or arch.get("weights")
+    if weights:
+        wpath = Path(weights)
+        if not wpath.is_absolute() and base_dir is not None:
+            wpath = base_dir / wpath
+        if wpath.is_file():
+            try:
+                state = torch.load(wpath, map_location="cpu", weights_only=True)["state"]
+            except Exception as exc:                     # noqa: BLE001 - a damaged file: random weights, said so
+                notes.append(f"weights file {wpath} could not be read ({exc.__class__.__name__}); random weights")
+        else:
+            notes.append(f"weights file {wpath} not found")
+    try:
+        module = build_model(parsed, seed=0, state_dict=state).eval()
+    except RuntimeError as exc:                          # weights of another shape
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        notes.append(f"the saved weights do not fit the record ({first}); random weights")
+        module = build_model(parsed, seed=0).eval()
+        state = None
+    notes.insert(0, "PyTorch model: search_spaces.vitcod_space.build_model (MaskedViT with the record's masks"
+                 + (" and Q/K auto-encoder" if parsed.qk_compressed_heads else "") + "), "
+                 + ("the search's fine-tuned weights" if state is not None else "random weights (seed 0)"))
+    desc = (f"ViTCoD record {parsed.to_string()} ({parsed.mask_rule}, sparsity {parsed.sparsity:.3f}, "
+            f"Q/K auto-encoder {f'{v.heads}->{parsed.qk_compressed_heads}' if parsed.qk_compressed_heads else 'none'}, "
+            f"polarize_threshold {parsed.polarize_threshold if parsed.polarize_threshold is not None else '-'})")
+    if point.get("trial") is not None:
+        desc += f" (search trial {point['trial']}, family {point.get('family', parsed.family)})"
+    rm = ResolvedModel(spec, name, "architecture record", wl, shape, module=module, record=arch, description=desc,
+                       notes=notes)
+    if parsed.polarize_threshold is not None:
+        rm.notes.append(f"the record's dense/sparse split (polarize_threshold {parsed.polarize_threshold:g}) is a "
+                        "setting of the accelerator's sparse_attention chunk: the --hw accelerators use their own")
+    if input_shape and tuple(input_shape) != shape:
+        rm.notes.append(f"--input-shape ignored: the record's ViT fixes the input to {'x'.join(map(str, shape))}")
     return rm
 
 

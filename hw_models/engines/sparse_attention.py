@@ -455,7 +455,7 @@ class SpMMStepper:
         if v.shape[0] != csr.cols or values.shape != (csr.nnz,):
             raise ValueError(f"V {v.shape} / values {values.shape} do not fit a {csr.rows}x{csr.cols} "
                              f"mask with {csr.nnz} nonzeros")
-        L, W, T = cfg.lines, cfg.macs_per_line, cfg.tree_stages
+        W, T = cfg.macs_per_line, cfg.tree_stages
         C = cfg.beats(d)
         vp = np.pad(v, ((0, 0), (0, C * W - d)))
         out = np.zeros((csr.rows, C * W), np.int64)

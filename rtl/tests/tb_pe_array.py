@@ -133,7 +133,6 @@ class PEArrayTB:
     async def load(self, dataflow: str, a: np.ndarray, w: np.ndarray):
         """Write the tile's operand words into the A and W buffers (both ports in parallel)."""
         m, k = a.shape
-        n = w.shape[1]
         if dataflow == "os":   # A word q = column q of A, lane i = A[i, q]
             a_words = [pack(a[:, q], self.in_w) for q in range(k)]
         else:                  # A word p = row p of A, lane i = A[p, i]
