@@ -383,3 +383,84 @@ def test_derive_strategy_end_to_end(tmp_path):
     cache = json.loads((out / "hw_cache.json").read_text())
     entries = next(iter(cache["entries"].values()))
     assert sum(k.startswith("block|") for k in entries) >= len(DIGITS.blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: a throwaway local server (slow; needs Debian's postgresql and the psycopg driver)
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture()
+def postgres_url():
+    """Start a private PostgreSQL cluster on a free port; yield its SQLAlchemy URL; stop it."""
+    import importlib.util
+    import shutil
+    import socket
+    import tempfile
+    pg = _pg_bin()
+    if pg is None or importlib.util.find_spec("psycopg") is None:
+        pytest.skip("PostgreSQL test needs the server (apt-get install postgresql) and psycopg (pip install '.[pg]')")
+    tmp_path = Path(tempfile.mkdtemp(prefix="codesign-pg-"))     # outside pytest's 0700 tree: the server reads it
+    data = tmp_path / "pgdata"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_user: list[str] = []
+    if os.geteuid() == 0:                           # initdb refuses root: run the server as 'postgres'
+        os.chmod(tmp_path, 0o777)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-U", "codesign", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-w", "-l", str(tmp_path / "pg.log"), "-o",
+                    f"-p {port} -k {tmp_path} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "codesign", "search"],
+                       check=True, capture_output=True)
+        yield f"postgresql://codesign@127.0.0.1:{port}/search"
+    finally:
+        subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.slow
+@needs_pipeline
+def test_two_workers_on_postgresql_survive_sigkill_and_resume(tmp_path, postgres_url):
+    import optuna
+    from optuna.trial import TrialState
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "codesign.cli", "search", "--out", str(out), "--trials", "6", "--epochs", "3",
+            "--train-limit", "256", "--workers", "2", "--storage", postgres_url, "--study", "pg", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    killed = None
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                trials = optuna.load_study(study_name="pg", storage=postgres_url).get_trials(deepcopy=False)
+            except KeyError:                                          # study not created yet
+                trials = []
+            if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
+                os.killpg(proc.pid, signal.SIGKILL)                   # the driver and both workers at once
+                proc.wait(timeout=30)
+                killed = trials
+                break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert killed is not None, proc.stdout.read().decode()[-2000:]
+    before = optuna.load_study(study_name="pg", storage=postgres_url).trials
+    kept = {t.number: t.values for t in before if t.state == TrialState.COMPLETE}
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = {t.number: t for t in optuna.load_study(study_name="pg", storage=postgres_url).trials}
+    complete = {n: t for n, t in after.items() if t.state == TrialState.COMPLETE}
+    assert len(complete) == 6
+    assert all(complete[n].values == v for n, v in kept.items())     # finished trials kept, not redone
+    assert not [t for t in after.values() if t.state == TrialState.RUNNING]
+    assert _front(out)["trials_complete"] == 6

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -229,10 +230,17 @@ def _storage(cfg: SearchConfig):
         kwargs = {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except ImportError:
-        hint = {"postgresql": "psycopg2-binary", "mysql": "pymysql"}.get(url.split(":", 1)[0].split("+")[0])
-        raise CodesignError(f"--storage {_redact(url)}: its database driver is not installed"
-                            + (f" (pip install {hint})" if hint else "")) from None
+    except ImportError as exc:     # SQLAlchemy names the driver module it needs (postgresql:// -> psycopg)
+        module, err = None, exc
+        while err is not None and module is None:       # Optuna re-raises SQLAlchemy's ImportError
+            found = re.search(r"No module named '([^'.]+)", str(err))
+            module = getattr(err, "name", None) or (found.group(1) if found else None)
+            err = err.__cause__ or err.__context__
+        if module is None:
+            raise CodesignError(f"--storage {_redact(url)}: its database driver is not installed ({exc})") from None
+        hint = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary"}.get(module, module)
+        raise CodesignError(f"--storage {_redact(url)}: the database driver module {module!r} is not installed "
+                            f"(pip install {hint})") from None
     except (SQLAlchemyError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CodesignError(f"cannot open storage {_redact(url)}: {msg}") from None
