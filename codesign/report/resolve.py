@@ -155,6 +155,10 @@ def resolve_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Reso
             rm.module = build_zoo_model(spec, masks=attention_masks(wl) if spec in MASKED_MODELS else None)
             rm.notes.append("PyTorch model: search_spaces.zoo_models equivalent of the built-in (random weights; "
                             "same layers and shapes as the IR)")
+            if spec in MASKED_MODELS:
+                rm.notes.append("The CPU and GPU run the masked attention as dense matrix products with the mask "
+                                "applied (PyTorch has no kernel that skips the masked entries); the accelerator "
+                                "computes only the kept entries")
         except ImportError as exc:
             rm.no_run_reason = f"the PyTorch equivalent cannot be built here ({exc})"
         if input_shape and tuple(input_shape) != shape:
