@@ -70,6 +70,9 @@ class Chunk:
     rows_per_cycle: int = 4
     engines: int = 1
     polarize_threshold: float = 0.25
+    # the chunk that runs this chunk's fused codecs (ViTCoD's encoder/decoder engine), beside the
+    # op; "" = this chunk itself, after the op
+    codec_engine: str = ""
 
     @property
     def pes(self) -> int:
@@ -135,6 +138,8 @@ class Accelerator:
             c["supports"] = list(c["supports"])
             if c["pe_type"] != "sparse_attention":
                 del c["rows_per_cycle"], c["engines"], c["polarize_threshold"]
+            if not c["codec_engine"]:
+                del c["codec_engine"]
         return d
 
 
@@ -174,7 +179,7 @@ def _chunk_from(i: int, d: Any) -> Chunk:
         raise ConfigError(f"{sec}: must be a mapping")
     allowed = {"name", "pe_type", "rows", "cols", "dataflows", "act_bits", "weight_bits", "acc_bits",
                "rf_bytes_per_pe", "local_buffer_kb", "local_bandwidth_bytes_per_cycle", "pipeline",
-               "vector_lanes", "supports", "rows_per_cycle", "engines", "polarize_threshold"}
+               "vector_lanes", "supports", "rows_per_cycle", "engines", "polarize_threshold", "codec_engine"}
     _unknown(sec, d, allowed)
     name = _require(sec, d, "name", str)
     sec = f"chunks[{name}]"
@@ -215,7 +220,8 @@ def _chunk_from(i: int, d: Any) -> Chunk:
         pipeline=pipeline, vector_lanes=_optional(sec, d, "vector_lanes", 0, int, positive=False),
         supports=supports, rows_per_cycle=_optional(sec, d, "rows_per_cycle", 4, int),
         engines=_optional(sec, d, "engines", 1, int),
-        polarize_threshold=float(_optional(sec, d, "polarize_threshold", 0.25, NUM, positive=False)))
+        polarize_threshold=float(_optional(sec, d, "polarize_threshold", 0.25, NUM, positive=False)),
+        codec_engine=_optional(sec, d, "codec_engine", "", str, positive=False))
     if not 0.0 <= chunk.polarize_threshold <= 1.0:
         raise ConfigError(f"{sec}.polarize_threshold: must be in [0, 1], got {chunk.polarize_threshold}")
     if chunk.rows % chunk.engines:
@@ -247,6 +253,13 @@ def accelerator_from_dict(data: Any, source: str = "") -> Accelerator:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"chunks: duplicate chunk name {sorted(dup)[0]!r}")
+    for c in chunks:
+        if not c.codec_engine:
+            continue
+        engine = next((e for e in chunks if e.name == c.codec_engine), None)
+        if engine is None or engine is c or engine.pe_type not in ("mac", "sparse_attention"):
+            raise ConfigError(f"chunks[{c.name}].codec_engine: must name another chunk of MAC PEs "
+                              f"(chunks: {', '.join(names)}), got {c.codec_engine!r}")
     from hw_models.energy import load_table   # late import: energy imports accelerator constants
     table = _optional("accelerator", data, "energy_table", "horowitz-45nm", str)
     load_table(table)      # fail now, naming the field, if the table does not exist

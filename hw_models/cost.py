@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import product
 
+import numpy as np
+
 from hw_models.accelerator import CSR_DATAFLOW, Accelerator, Chunk
 from hw_models.energy import EnergyTable, load_table
 from hw_models.engines.pe_array import tile_cycles
@@ -229,15 +231,38 @@ def _per_mac_energy(op: OpNode, chunk: Chunk, table: EnergyTable) -> dict[str, f
     return {"add": table.op_pj("add", a) + table.op_pj("add", acc), "abs": table.op_pj("abs", a)}
 
 
-def codec_cost(op: OpNode, chunk: Chunk, table: EnergyTable) -> tuple[int, dict[str, float]]:
-    """(cycles, energy by key) of an op's fused encoder/decoder: ``codec_macs`` MACs streamed over
-    every PE of the chunk back to back with the op (a small dense GEMM at full utilisation)."""
+@dataclass(frozen=True)
+class CodecCost:
+    """An op's fused encoder/decoder (``codec_macs``): a small dense GEMM streamed over every PE of
+    the engine that runs it at full utilisation. On the op's own chunk it runs after the op; on the
+    chunk's ``codec_engine`` it runs beside it, one group's worth (a head, an image) unoverlapped."""
+
+    cycles: int = 0
+    energy: dict[str, float] = field(default_factory=dict)
+    overlapped: bool = False
+
+    def end(self, op_end, groups: int):
+        """The op's end cycle with its codec (works on numpy arrays of candidates too)."""
+        if not self.cycles:
+            return op_end
+        if not self.overlapped:
+            return op_end + self.cycles
+        return np.maximum(op_end, self.cycles) + self.cycles / groups
+
+    @property
+    def serial_cycles(self) -> int:
+        """Cycles the codec adds to the op's own compute (0 when it has an engine of its own)."""
+        return 0 if self.overlapped else self.cycles
+
+
+def codec_cost(op: OpNode, chunk: Chunk, accel: Accelerator, table: EnergyTable) -> CodecCost:
     if not op.codec_macs:
-        return 0, {}
-    energy = {k: v * op.codec_macs for k, v in _per_mac_energy(op, chunk, table).items()}
-    energy["rf"] = energy.get("rf", 0.0) + op.codec_macs * (chunk.act_bits + chunk.weight_bits + 2 * chunk.acc_bits) \
-        * table.bit_pj("rf", chunk.rf_bytes_per_pe)
-    return -(-op.codec_macs // chunk.pes), energy
+        return CodecCost()
+    engine = accel.chunk(chunk.codec_engine) if chunk.codec_engine else chunk
+    energy = {k: v * op.codec_macs for k, v in _per_mac_energy(op, engine, table).items()}
+    energy["rf"] = energy.get("rf", 0.0) + op.codec_macs * (engine.act_bits + engine.weight_bits + 2 * engine.acc_bits) \
+        * table.bit_pj("rf", engine.rf_bytes_per_pe)
+    return CodecCost(-(-op.codec_macs // engine.pes), energy, engine is not chunk)
 
 
 def _leakage_pj(accel: Accelerator, table: EnergyTable, cycles: float) -> float:
@@ -295,8 +320,8 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
     last_store = _size(prev["p"], pb, P) * _size(prev["m"], mb, M) * ob
     dram_w += last_store
     state = run_pipeline([(items, G)], tail_transfer=last_store / bw_dram)
-    codec_cycles, codec_energy = codec_cost(op, chunk, table)
-    end = state.end + codec_cycles
+    codec = codec_cost(op, chunk, accel, table)
+    end = codec.end(state.end, G)
     # everything above is per group; scale the byte counts
     dram_r, dram_w = dram_r * G, dram_w * G
     to_array, from_array, psum_read = to_array * G, from_array * G, psum_read * G
@@ -330,10 +355,10 @@ def gemm_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> Op
         energy["local_buffer"] = 8 * (lb_read * table.bit_pj("sram_read", lb_cap) + lb_write * table.bit_pj("sram_write", lb_cap))
     energy["dram"] = 8 * (dram_r + dram_w) * table.bit_pj(f"dram_{accel.dram.kind}")
     energy["leakage"] = _leakage_pj(accel, table, end)
-    for key, pj in codec_energy.items():
+    for key, pj in codec.energy.items():
         energy[key] += pj
     return OpCost(op=op.name, kind=op.kind, chunk=chunk.name, dataflow=mp.dataflow, cycles=end,
-                  compute_cycles=compute + codec_cycles, transfer_cycles=max(state.transfer_busy, array_transfer),
+                  compute_cycles=compute + codec.serial_cycles, transfer_cycles=max(state.transfer_busy, array_transfer),
                   macs=op.macs, hw_macs=hw_macs,
                   pes=chunk.pes, accesses=accesses, energy_pj=energy)
 
@@ -398,8 +423,8 @@ def csr_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> OpC
     items = [((per_head_in[h] + (per_head_out[h - 1] if h else 0.0)) / bw, timing.head_cycles[h] * scale)
              for h in range(G)]
     state = run_pipeline([(items, 1)], tail_transfer=per_head_out[-1] / bw)
-    codec_cycles, codec_energy = codec_cost(op, chunk, table)
-    end = state.end + codec_cycles
+    codec = codec_cost(op, chunk, accel, table)
+    end = codec.end(state.end, G)
     dram_r, dram_w = sum(per_head_in), sum(per_head_out)
     hw_macs = timing.hw_macs
     reads = timing.operand_read_bytes + timing.metadata_bytes + (timing.computed * ab if not sddmm else 0.0)
@@ -421,10 +446,10 @@ def csr_cost(op: OpNode, chunk: Chunk, accel: Accelerator, mp: OpMapping) -> OpC
                                       + accesses["lb_write"] * table.bit_pj("sram_write", lb_cap))
     energy["dram"] = 8 * (dram_r + dram_w) * table.bit_pj(f"dram_{accel.dram.kind}")
     energy["leakage"] = _leakage_pj(accel, table, end)
-    for key, pj in codec_energy.items():
+    for key, pj in codec.energy.items():
         energy[key] += pj
     return OpCost(op=op.name, kind=op.kind, chunk=chunk.name, dataflow=CSR_DATAFLOW, cycles=end,
-                  compute_cycles=timing.latency + codec_cycles, transfer_cycles=state.transfer_busy, macs=op.macs,
+                  compute_cycles=timing.latency + codec.serial_cycles, transfer_cycles=state.transfer_busy, macs=op.macs,
                   hw_macs=hw_macs, pes=chunk.pes, accesses=accesses, energy_pj=energy)
 
 

@@ -105,8 +105,8 @@ class SimResult:
 
 
 def preferred_chunk(op: OpNode, accel: Accelerator) -> Chunk:
-    """A csr chunk for a masked product, else the chunk whose PE type matches the op's arithmetic,
-    else the first that supports the kind."""
+    """A csr chunk for a masked product, else the largest chunk whose PE type matches the op's
+    arithmetic, else the first that supports the kind."""
     candidates = accel.chunks_for(op.kind)
     if not candidates:
         raise MappingError(f"{op.name}: no chunk of {accel.name} supports {op.kind} "
@@ -114,10 +114,9 @@ def preferred_chunk(op: OpNode, accel: Accelerator) -> Chunk:
     for c in candidates:
         if uses_csr(op, c):
             return c
-    for c in candidates:
-        if op.is_gemm and c.pe_type == op.family:
-            return c
-    return candidates[0]
+    pe_types = ("mac", "sparse_attention") if op.family == "mac" else (op.family,)   # sparse lines are MACs
+    matching = [c for c in candidates if op.is_gemm and c.pe_type in pe_types]
+    return max(matching, key=lambda c: c.pes) if matching else candidates[0]
 
 
 def uses_csr(op: OpNode, chunk: Chunk) -> bool:

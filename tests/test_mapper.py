@@ -21,9 +21,9 @@ from hw_models.errors import CodesignError, MappingError
 from hw_models.schedule import LOOP_ORDERS, OpMapping, Schedule
 from hw_models.simulator import default_schedule, simulate
 from hw_models.workload import LinearShape, MatmulShape, OpNode, Workload
-from hw_models.zoo import cifar_resnet, get_builtin
+from hw_models.zoo import cifar_resnet, get_builtin, synthetic_attention_masks, vit
 
-PRESETS = ("eyeriss-like", "nasa-chunked", "tpu-like")
+PRESETS = ("eyeriss-like", "nasa-chunked", "tpu-like", "vitcod")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def _random_mapping(op, chunk, rng) -> OpMapping:
         return int(np.clip(-(-total // t) + rng.integers(-2, 3), 1, total))
 
     pb, kb, mb = tile(P), tile(K), tile(M)
-    df = chunk.dataflows[int(rng.integers(len(chunk.dataflows)))]
+    df = chunk.gemm_dataflows[int(rng.integers(len(chunk.gemm_dataflows)))]
     if df == "os":
         at = (int(rng.integers(1, min(chunk.rows, pb) + 1)), int(rng.integers(1, min(chunk.cols, mb) + 1)),
               int(rng.integers(1, kb + 1)))
@@ -55,15 +55,21 @@ def test_vectorised_model_equals_op_cost_and_validate_mapping(accels):
     """The closed form reproduces op_cost (cycles, energy, DRAM/GB traffic) and validate_mapping."""
     rng = np.random.default_rng(1)
     checked = invalid = 0
+    # a small sparse ViT with the Q/K auto-encoder: fused codecs on their own engine (vitcod's encdec)
+    masks = [synthetic_attention_masks(17, 4, 0.7, seed=i, grid=4) for i in range(2)]
+    vit_ae = vit("vit-ae", embed_dim=32, depth=2, heads=4, image_size=16, patch=4, num_classes=10, masks=masks,
+                 qk_compressed_heads=2)
     for wl_name, acc_name in (("resnet20-hybrid", "nasa-chunked"), ("mobilenetv2-cifar", "eyeriss-like"),
-                              ("deit-tiny", "tpu-like"), ("resnet18", "eyeriss-like")):
-        wl, acc = get_builtin(wl_name), accels[acc_name]
+                              ("deit-tiny", "tpu-like"), ("resnet18", "eyeriss-like"), ("vit-ae", "vitcod")):
+        wl, acc = (vit_ae if wl_name == "vit-ae" else get_builtin(wl_name)), accels[acc_name]
         seen = set()
         for op in wl.ops():
             if not op.is_gemm or (op.kind, op.shape) in seen:
                 continue
             seen.add((op.kind, op.shape))
             for chunk in acc.chunks_for(op.kind):
+                if not chunk.gemm_dataflows:
+                    continue
                 ctx = GemmContext.build(op, chunk, acc)
                 for _ in range(5):
                     mp = _random_mapping(op, chunk, rng)

@@ -22,12 +22,16 @@ from hw_models.zoo import get_builtin, synthetic_attention_masks, vit
 POOL = SparseEngineConfig(lines=8, macs_per_line=4, rows_per_cycle=2)
 
 
-def _accel(lines: int = 8, engines: int = 1, gb_kb: float = 256, **extra) -> object:
-    return accelerator_from_dict({
+def _accel_dict(lines: int = 8, engines: int = 1, gb_kb: float = 256, **extra) -> dict:
+    return {
         "name": "tiny-vitcod", "clock_mhz": 500, "dram": {"bandwidth_gbs": 16},
         "global_buffer": {"size_kb": gb_kb, "banks": 8, "bandwidth_bytes_per_cycle": 64},
         "chunks": [{"name": "lines", "pe_type": "sparse_attention", "rows": lines, "cols": 4,
-                    "rows_per_cycle": 2, "engines": engines, "local_buffer_kb": 64, "vector_lanes": 8, **extra}]})
+                    "rows_per_cycle": 2, "engines": engines, "local_buffer_kb": 64, "vector_lanes": 8, **extra}]}
+
+
+def _accel(lines: int = 8, engines: int = 1, gb_kb: float = 256, **extra) -> object:
+    return accelerator_from_dict(_accel_dict(lines, engines, gb_kb, **extra))
 
 
 def _masked(name: str, masks: np.ndarray, d: int, on: str = "out") -> OpNode:
@@ -94,8 +98,9 @@ def test_synthetic_masks_hit_the_sparsity(sparsity: float) -> None:
 def test_vitcod_preset() -> None:
     acc = load_accelerator("vitcod")
     lines = acc.chunk("lines")
+    assert sum(c.pes for c in acc.chunks) == 512 and lines.codec_engine == "encdec"
     assert (lines.pe_type, lines.rows * lines.cols, acc.clock_mhz, acc.dram.bandwidth_gbs) == \
-        ("sparse_attention", 512, 500, 76.8)
+        ("sparse_attention", 480, 500, 76.8)
     assert lines.dataflows == ("csr", "os") and lines.gemm_dataflows == ("os",)
     assert lines.can_run("sparse_matmul") and lines.can_run("linear") and lines.can_run("softmax")
 
@@ -106,6 +111,8 @@ def test_vitcod_preset() -> None:
     ({"pe_type": "sparse_attention", "engines": 3}, "3 engines must divide the 8 lines"),
     ({"pe_type": "sparse_attention", "dataflows": ["tiled"]}, "unknown dataflow 'tiled'"),
     ({"pe_type": "sparse_attention", "polarize_threshold": 1.5}, "polarize_threshold: must be in"),
+    ({"pe_type": "sparse_attention", "codec_engine": "c"}, "codec_engine: must name another chunk"),
+    ({"pe_type": "sparse_attention", "codec_engine": "nowhere"}, "codec_engine: must name another chunk"),
 ])
 def test_sparse_chunk_validation(chunk: dict, message: str) -> None:
     data = {"name": "x", "clock_mhz": 500, "dram": {"bandwidth_gbs": 16},
@@ -296,6 +303,15 @@ def test_qk_autoencoder_trades_traffic_for_codec_macs() -> None:
     p_qkv, c_qkv = (op_cost(w.op("block0.attn.qkv"), acc, default_mapping(w.op("block0.attn.qkv"), acc))
                     for w in (plain, coded))
     assert c_qkv.accesses["dram_write"] == pytest.approx(p_qkv.accesses["dram_write"] * (2 / 3))
+    # on a codec engine of its own the decoder runs beside the op: one head's worth stays exposed
+    eng = accelerator_from_dict({**_accel_dict(), "chunks": [
+        {**_accel_dict()["chunks"][0], "codec_engine": "encdec"},
+        {"name": "encdec", "pe_type": "mac", "rows": 2, "cols": 4, "dataflows": ["os"], "supports": ["linear"]}]})
+    e_qk = op_cost(qk, eng, default_mapping(qk, eng))
+    codec, serial = -(-qk.codec_macs // 8), -(-qk.codec_macs // 32)    # on the engine / on the lines
+    main_end = c_qk.cycles - serial                                     # c_qk ran its codec after the op
+    assert e_qk.cycles == pytest.approx(max(main_end, codec) + codec / 4)
+    assert e_qk.compute_cycles == c_qk.compute_cycles - serial
     # compressed operands must be decoded by the sparse lines: no dense mapping of that QK^T
     with pytest.raises(MappingError, match="decoded by the sparse lines only"):
         op_cost(qk, acc, OpMapping(qk.name, "lines", "os", (65, 16, 65), (8, 4, 16)))

@@ -26,7 +26,7 @@ from itertools import product
 import numpy as np
 
 from hw_models.accelerator import Accelerator, Chunk
-from hw_models.cost import LANE_OPS, _leakage_pj, _per_mac_energy, codec_cost
+from hw_models.cost import LANE_OPS, CodecCost, _leakage_pj, _per_mac_energy, codec_cost
 from hw_models.energy import load_table
 from hw_models.errors import MappingError
 from hw_models.schedule import LOOP_ORDERS
@@ -73,8 +73,7 @@ class GemmContext:
     leak_per_cycle: float
     feasible: bool          # bits/rf/kind allow this chunk at all
     why: str = ""
-    codec_cycles: int = 0   # a fused encoder/decoder after the op (hw_models.cost.codec_cost)
-    codec_energy: float = 0.0
+    codec: CodecCost = CodecCost()   # a fused encoder/decoder (hw_models.cost.codec_cost)
 
     @classmethod
     def build(cls, op: OpNode, chunk: Chunk, accel: Accelerator) -> "GemmContext":
@@ -109,7 +108,7 @@ class GemmContext:
             feasible, why = False, f"chunk {chunk.name} register file too small"
         elif op.in_scale != 1.0:
             feasible, why = False, "compressed operands are decoded by the sparse lines only"
-        codec_cycles, codec_energy = codec_cost(op, chunk, table)
+        codec = codec_cost(op, chunk, accel, table)
         return cls(op=op, chunk=chunk, accel=accel, G=G, P=P, K=K, M=M, ab=ab, wb=wb, ob=ob, psb=psb,
                    bw_array=bw_array, bw_dram=accel.dram_bytes_per_cycle, pipe=chunk.geometry.pipeline,
                    rows=chunk.rows, cols=chunk.cols, gb_bytes=gb.size_bytes, lb_bytes=chunk.local_buffer_bytes,
@@ -117,7 +116,7 @@ class GemmContext:
                    gbr=table.bit_pj("sram_read", gb_cap), gbw=table.bit_pj("sram_write", gb_cap), lbr=lbr, lbw=lbw,
                    dram_pj_bit=table.bit_pj(f"dram_{accel.dram.kind}"),
                    leak_per_cycle=_leakage_pj(accel, table, 1.0), feasible=feasible, why=why,
-                   codec_cycles=codec_cycles, codec_energy=sum(codec_energy.values()))
+                   codec=codec)
 
     @property
     def hw_macs(self) -> int:
@@ -343,7 +342,7 @@ def evaluate_gemm(ctx: GemmContext, dataflow: str, order: np.ndarray, pb, kb, mb
 
     c_last = cb[7]
     last_store = last[0] * last[2] * ob
-    cycles = t0 + G * w_sum + (G - 1) * np.maximum(c_last, t0) + c_last + last_store / bwd + ctx.codec_cycles
+    cycles = ctx.codec.end(t0 + G * w_sum + (G - 1) * np.maximum(c_last, t0) + c_last + last_store / bwd, G)
     dram_r = G * (t0_load + load_sum)
     dram_w = G * (store_sum + last_store)
     to_array, from_array, psum_read = G * to_array, G * from_array, G * psum_read
@@ -352,12 +351,12 @@ def evaluate_gemm(ctx: GemmContext, dataflow: str, order: np.ndarray, pb, kb, mb
     energy = (ctx.hw_macs * ctx.e_mac + ctx.e_rf_noc[dataflow]
               + 8 * (gb_read * ctx.gbr + gb_write * ctx.gbw)
               + 8 * (dram_r + dram_w) * ctx.dram_pj_bit
-              + cycles * ctx.leak_per_cycle + ctx.codec_energy)
+              + cycles * ctx.leak_per_cycle + sum(ctx.codec.energy.values()))
     if ctx.lb_bytes:
         lb = to_array + psum_read + from_array
         energy = energy + 8 * lb * (ctx.lbr + ctx.lbw)
     return EvalResult(cycles=cycles, energy=energy, dram_read=dram_r, dram_write=dram_w, gb_read=gb_read,
-                      gb_write=gb_write, compute=G * comp + ctx.codec_cycles)
+                      gb_write=gb_write, compute=G * comp + ctx.codec.serial_cycles)
 
 
 # ---------------------------------------------------------------------------------------------
