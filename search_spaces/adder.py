@@ -17,7 +17,9 @@ formulation. On the CPU with float32 they run in the register-blocked SIMD kerne
 :mod:`search_spaces._adder_native` (compiled on first use, cached); everywhere else (no compiler,
 float64, CUDA) a pure-torch path runs: ``torch.cdist(p=1)`` for the forward and a chunked broadcast
 for the input gradient. ``use_adder_backend("torch" | "native" | "auto")`` or the environment
-variable ``CODESIGN_ADDER_BACKEND`` picks one.
+variable ``CODESIGN_ADDER_BACKEND`` picks one. Depthwise convolutions (one input channel per group)
+skip the unfold on the native path: their kernel loops over the kernel window directly, for the
+forward and both gradients.
 """
 from __future__ import annotations
 
@@ -170,10 +172,16 @@ def _adder_backward(X: torch.Tensor, W: torch.Tensor, G: torch.Tensor, need_x: b
         # sum_p g[p, m] * (x[p, k] - w[m, k]) = (G X^T)[m, k] - w[m, k] * sum_p g[p, m]
         gw = torch.matmul(G, X.transpose(-1, -2)).sum(0)  # batched GEMM; einsum's copies cost 3x
         gw.sub_(W * G.sum(dim=(0, 3)).unsqueeze(-1))
-        if eta is not None:
-            norm = torch.linalg.vector_norm(gw).clamp_min(1e-12)
-            gw.mul_(eta * math.sqrt(gw.numel()) / norm)
+        _scale_grad_w(gw, eta)
     return gx, gw
+
+
+def _scale_grad_w(gw: torch.Tensor, eta: float | None) -> torch.Tensor:
+    """AdderNet's adaptive gradient scaling, in place: gw * eta * sqrt(numel) / ||gw||_2."""
+    if eta is not None:
+        norm = torch.linalg.vector_norm(gw).clamp_min(1e-12)
+        gw.mul_(eta * math.sqrt(gw.numel()) / norm)
+    return gw
 
 
 def _adder_forward(X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -245,6 +253,19 @@ def _col2im(cols: torch.Tensor, x_shape: tuple[int, ...], kernel: tuple[int, int
     return buf
 
 
+def _native_depthwise(x: torch.Tensor, weight: torch.Tensor, groups: int, out_hw: tuple[int, int],
+                      stride: tuple[int, int]) -> bool:
+    """Whether the direct depthwise kernel takes this conv (one input channel per group, native)."""
+    return (weight.shape[1] == 1 and groups == x.shape[1] and x.shape[0] > 0 and groups > 0
+            and min(out_hw) > 0 and weight.shape[3] <= 64 and stride[1] <= 64  # the kernel's limits
+            and adder_backend_for(x, weight) == "native")
+
+
+def _pad(x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if padding[0] or padding[1] else x
+    return xp.contiguous()
+
+
 class _AdderConv2dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
@@ -254,26 +275,39 @@ class _AdderConv2dFn(torch.autograd.Function):
         M, Cg, kh, kw = weight.shape
         Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         Wo = (Wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if padding[0] or padding[1] else x
-        xp = xp.contiguous()
+        if _native_depthwise(x, weight, groups, (Ho, Wo), stride):
+            # Depthwise: the kernel walks the kernel window itself (an unfolded copy would be
+            # kh*kw times the input and dominate the time). Saves the unpadded input.
+            out = _native.dw_forward(x, weight, stride, padding, dilation)
+            ctx.save_for_backward(x, weight)
+            ctx.conf = (stride, padding, dilation, groups, eta, exact, (Ho, Wo), tuple(x.shape), True)
+            return out
+        xp = _pad(x, padding)
         K = Cg * kh * kw
         X = _im2col(xp, (kh, kw), stride, dilation, (Ho, Wo), _workspace("cols", (N, C * kh * kw, Ho * Wo), x))
         out = _adder_forward(X.view(N, groups, K, Ho * Wo), weight.reshape(groups, M // groups, K))
         # Save the (padded) input, not its unfolded copy (kh*kw times larger): the backward pass
         # re-unfolds it, and a supernet holds many adder candidates at once.
         ctx.save_for_backward(xp, weight)
-        ctx.conf = (stride, padding, dilation, groups, eta, exact, (Ho, Wo), tuple(x.shape))
+        ctx.conf = (stride, padding, dilation, groups, eta, exact, (Ho, Wo), tuple(x.shape), False)
         return out.view(N, M, Ho, Wo)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        xp, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, eta, exact, (Ho, Wo), x_shape = ctx.conf
+        xp, weight = ctx.saved_tensors  # the padded input, or the input itself if `unpadded`
+        stride, padding, dilation, groups, eta, exact, (Ho, Wo), x_shape, unpadded = ctx.conf
         N, C = x_shape[:2]
         M, Cg, kh, kw = weight.shape
         K, L = Cg * kh * kw, Ho * Wo
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if unpadded:  # saved by the depthwise forward
+            if not exact and _native_depthwise(xp, weight, groups, (Ho, Wo), stride):
+                gx, gw = _native.dw_backward(xp, weight, grad, stride, padding, dilation, need_x, need_w)
+                if gw is not None:
+                    _scale_grad_w(gw, eta)
+                return gx, gw, None, None, None, None, None, None
+            xp = _pad(xp, padding)
         X = _im2col(xp, (kh, kw), stride, dilation, (Ho, Wo), _workspace("cols", (N, C * kh * kw, L), xp))
         X = X.view(N, groups, K, L)
         G = grad.contiguous().view(N, groups, M // groups, L)

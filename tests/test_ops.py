@@ -396,6 +396,138 @@ def test_native_matches_torch_on_a_real_layer() -> None:
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-4 * b.abs().max().item())
 
 
+# Depthwise (groups == channels): the native kernel walks the kernel window itself, no unfold.
+# (N, C, channel multiplier, H, W, kernel, stride, padding, dilation): stride 1 and 2, padding,
+# non-square inputs / kernels / strides, dilation, more outputs than inputs per group, outputs
+# wider than one SIMD vector with a partial tail, and the 1x1 / 3x3 / 5x5 / generic kernel paths.
+DW_CASES = [
+    (2, 8, 1, 16, 16, 3, 1, 1, 1),
+    (3, 5, 1, 9, 14, 3, 2, 1, 1),
+    (2, 4, 1, 11, 37, 3, (1, 2), (1, 0), 1),
+    (2, 3, 2, 10, 7, (3, 2), (2, 1), (2, 1), 1),
+    (1, 6, 1, 12, 21, 5, 1, 2, (2, 1)),
+    (2, 4, 3, 8, 19, 3, 2, (0, 2), (1, 2)),
+    (3, 7, 1, 6, 5, 1, 1, 0, 1),
+    (2, 2, 1, 5, 40, (2, 4), (1, 3), (1, 2), 1),
+]
+
+
+def _adder_step(x, w, kw, backend, eta=0.2, exact=False, need_x=True):
+    x = x.detach().clone().requires_grad_(need_x)
+    w = w.detach().clone().requires_grad_()
+    with use_adder_backend(backend):
+        out = adder_conv2d(x, w, eta=eta, exact_grad=exact, **kw)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(11))
+        out.backward(g)
+    return out.detach(), (x.grad if need_x else None), w.grad
+
+
+def _spy_depthwise(monkeypatch: pytest.MonkeyPatch) -> dict:
+    calls = {"dw_forward": 0, "dw_backward": 0, "im2col": 0}
+    for name in ("dw_forward", "dw_backward"):
+        fn = getattr(_adder_native, name)
+
+        def spy(*a, _fn=fn, _name=name, **k):
+            calls[_name] += 1
+            return _fn(*a, **k)
+        monkeypatch.setattr(_adder_native, name, spy)
+    im2col = adder_mod._im2col
+
+    def im2col_spy(*a, **k):
+        calls["im2col"] += 1
+        return im2col(*a, **k)
+    monkeypatch.setattr(adder_mod, "_im2col", im2col_spy)
+    return calls
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler")
+@pytest.mark.parametrize("eta", [0.2, None])
+@pytest.mark.parametrize("case", DW_CASES)
+def test_depthwise_native_matches_torch_fallback(case, eta, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct depthwise kernel == the pure-torch path: forward, input and weight gradients."""
+    N, C, mult, H, W, k, s, p, d = case
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(N, C, H, W, generator=gen)
+    w = torch.randn(C * mult, 1, *_p(k), generator=gen) * 0.7
+    kw = dict(stride=s, padding=p, dilation=d, groups=C)
+    ref = _adder_step(x, w, kw, "torch", eta)
+    calls = _spy_depthwise(monkeypatch)
+    nat = _adder_step(x, w, kw, "native", eta)
+    assert calls == {"dw_forward": 1, "dw_backward": 1, "im2col": 0}   # really the direct path
+    for a, b in zip(nat, ref):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    # and against the float64 AdderNet formulas
+    g = torch.randn(nat[0].shape, generator=torch.Generator().manual_seed(11)).double()   # as in _adder_step
+    rout = ref_adder_conv(x.double(), w.double(), **kw)
+    rgx, rgw = ref_adder_conv_grads(x.double(), w.double(), g, eta=eta, **kw)
+    assert (nat[0].double() - rout).abs().max() <= 1e-5 * rout.abs().max()
+    assert (nat[1].double() - rgx).abs().max() <= 1e-5 * rgx.abs().max()
+    assert (nat[2].double() - rgw).abs().max() <= 1e-5 * rgw.abs().max()
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler")
+def test_depthwise_native_matches_unfold_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same sums in the same order as the native unfold path: forward and input gradient agree to rounding."""
+    x = torch.randn(4, 16, 13, 18, generator=torch.Generator().manual_seed(13))
+    w = torch.randn(16, 1, 3, 3, generator=torch.Generator().manual_seed(14))
+    for s in (1, 2):
+        kw = dict(stride=s, padding=1, groups=16)
+        direct = _adder_step(x, w, kw, "native")
+        with monkeypatch.context() as m:
+            m.setattr(adder_mod, "_native_depthwise", lambda *a, **k: False)
+            unfold = _adder_step(x, w, kw, "native")
+        assert torch.allclose(direct[0], unfold[0], rtol=0, atol=1e-6 * unfold[0].abs().max().item())
+        assert torch.allclose(direct[1], unfold[1], rtol=0, atol=1e-6 * unfold[1].abs().max().item())
+        assert torch.allclose(direct[2], unfold[2], rtol=1e-5, atol=1e-5 * unfold[2].abs().max().item())
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler")
+def test_depthwise_native_edge_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(15)
+    x = torch.randn(3, 6, 10, 12, generator=gen)
+    w = torch.randn(6, 1, 3, 3, generator=gen)
+    kw = dict(stride=(2, 1), padding=1, groups=6)
+    ref = _adder_step(x, w, kw, "torch")
+    # a non-contiguous input (channels_last)
+    got = _adder_step(x.to(memory_format=torch.channels_last), w, kw, "native")
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    # frozen input: weight gradient only
+    only_w = _adder_step(x, w, kw, "native", need_x=False)
+    assert torch.allclose(only_w[2], ref[2], rtol=1e-5, atol=1e-5 * ref[2].abs().max().item())
+    # frozen weight: input gradient only
+    xg = x.clone().requires_grad_()
+    with use_adder_backend("native"):
+        adder_conv2d(xg, w, **kw).backward(torch.randn(3, 6, 5, 12, generator=torch.Generator().manual_seed(11)))
+    assert torch.allclose(xg.grad, ref[1], rtol=1e-5, atol=1e-5 * ref[1].abs().max().item())
+    # exact gradients: the native depthwise forward, then the unfold backward on the saved input
+    ex_ref = _adder_step(x, w, kw, "torch", exact=True)
+    calls = _spy_depthwise(monkeypatch)
+    ex = _adder_step(x, w, kw, "native", exact=True)
+    assert calls["dw_forward"] == 1 and calls["dw_backward"] == 0
+    for a, b in zip(ex, ex_ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    # forward on the native kernel, backward with the torch backend (re-pads the saved input)
+    xb = x.clone().requires_grad_()
+    wb = w.clone().requires_grad_()
+    with use_adder_backend("native"):
+        out = adder_conv2d(xb, wb, **kw)
+    with use_adder_backend("torch"):
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(11)))
+    assert torch.allclose(xb.grad, ref[1], rtol=1e-5, atol=1e-5 * ref[1].abs().max().item())
+    assert torch.allclose(wb.grad, ref[2], rtol=1e-5, atol=1e-5 * ref[2].abs().max().item())
+    # bias and the module path
+    m = AdderConv2d(6, 12, (3, 5), stride=2, padding=(1, 2), groups=6, bias=True)
+    with torch.no_grad():
+        m.bias.normal_()
+    with use_adder_backend("native"):
+        y = m(x)
+    with use_adder_backend("torch"):
+        y_ref = m(x)
+    assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max().item())
+
+
 def test_workspace_reuse_does_not_alias_results() -> None:
     """Scratch buffers are reused between calls: results of an earlier call must stay intact."""
     torch.manual_seed(8)
@@ -452,6 +584,9 @@ def test_native_build_is_cached_and_falls_back(monkeypatch: pytest.MonkeyPatch, 
         out = adder_conv2d(x, w, padding=1)
     assert adder_mod.adder_backend_for(x, w) == "torch"
     assert torch.allclose(out.double(), ref_adder_conv(x.double(), w.double(), padding=1), atol=1e-4)
+    wd = torch.randn(6, 1, 3, 3)                      # depthwise takes the torch path too
+    out_dw = adder_conv2d(x, wd, stride=2, padding=1, groups=3)
+    assert torch.allclose(out_dw.double(), ref_adder_conv(x.double(), wd.double(), 2, 1, groups=3), atol=1e-4)
     monkeypatch.setenv("CODESIGN_ADDER_BACKEND", "native")
     with pytest.raises(RuntimeError):
         _adder_native.load()
