@@ -22,20 +22,13 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 
+from tb_common import TimingMismatch, pack, to_signed
+
 from hw_models.engines.pe_array import ArrayGeometry, reference_gemm, tile_cycles
 
 OPTS = json.loads(os.environ.get("PE_ARRAY_TB", "{}"))
 HDL = OPTS.get("hdl", {})
 PERIOD_NS = 10
-
-
-class TimingMismatch(AssertionError):
-    """The RTL took a different number of cycles than the timing model says."""
-
-    def __init__(self, measured: int, expected: int, what: str):
-        super().__init__(f"timing mismatch for {what}: RTL start->done = {measured} cycles, "
-                         f"model = {expected}")
-        self.measured, self.expected = measured, expected
 
 
 def check_timing(measured: int, geom: ArrayGeometry, dataflow: str, m: int, n: int, k: int,
@@ -52,18 +45,6 @@ def check_timing(measured: int, geom: ArrayGeometry, dataflow: str, m: int, n: i
 def late_model(geom, dataflow, m, n, k, writeback=True):
     """A deliberately wrong timing model (one cycle too many): the checker must reject the RTL."""
     return tile_cycles(geom, dataflow, m, n, k, writeback) + 1
-
-
-def pack(values, width: int) -> int:
-    mask = (1 << width) - 1
-    word = 0
-    for i, v in enumerate(values):
-        word |= (int(v) & mask) << (i * width)
-    return word
-
-
-def to_signed(x: int, width: int) -> int:
-    return x - (1 << width) if x >> (width - 1) else x
 
 
 class PEArrayTB:

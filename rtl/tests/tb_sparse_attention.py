@@ -30,6 +30,8 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 
+from tb_common import TimingMismatch, pack, unpack
+
 from hw_models.engines.pe_array import wrap
 from hw_models.engines.sparse_attention import (CSR, SDDMMStepper, SparseEngineConfig, SpMMStepper,
                                                 reference_sddmm, reference_spmm, sddmm_cycles,
@@ -42,34 +44,9 @@ IN_W = 8
 VAL_W = 8
 
 
-class TimingMismatch(AssertionError):
-    """The RTL took a different number of cycles than the timing model says."""
-
-    def __init__(self, measured: int, expected: int, what: str):
-        super().__init__(f"timing mismatch for {what}: RTL start->done = {measured} cycles, "
-                         f"model = {expected}")
-        self.measured, self.expected = measured, expected
-
-
 def late_model(cfg, mask, head_dim, unit="sddmm"):
     """A deliberately wrong timing model (one cycle too many): the checker must reject the RTL."""
     return (sddmm_cycles if unit == "sddmm" else spmm_cycles)(cfg, mask, head_dim) + 1
-
-
-def pack(values, width: int) -> int:
-    mask = (1 << width) - 1
-    word = 0
-    for i, v in enumerate(values):
-        word |= (int(v) & mask) << (i * width)
-    return word
-
-
-def unpack(word: int, lanes: int, width: int) -> list[int]:
-    out = []
-    for i in range(lanes):
-        x = (word >> (i * width)) & ((1 << width) - 1)
-        out.append(x - (1 << width) if x >> (width - 1) else x)
-    return out
 
 
 # ------------------------------------------------------------------------------------------ masks
