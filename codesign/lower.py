@@ -11,7 +11,7 @@ inputs (data flow, not program order). Conventions are those of ``hw_models.zoo`
   their own kind and the bit widths their ``ir_bits()`` reports;
 * BatchNorm right after a conv/linear whose output nobody else reads is folded (no op); any other
   BatchNorm is an ``eltwise`` ``batchnorm``;
-* activations (relu, relu6, gelu, hardswish, sigmoid, silu), residual adds, products and scalings are
+* activations (relu, relu6, gelu, hardswish, sigmoid, silu, tanh), residual adds, products and scalings are
   ``eltwise`` ops; LayerNorm / GroupNorm are ``eltwise`` ``layernorm``; softmax is ``softmax``;
 * max / average / adaptive-average pooling (including global pooling and ``mean`` over H, W) ->
   ``pool``;
@@ -46,20 +46,10 @@ LINEAR_KINDS = ("linear", "shift_linear", "adder_linear")
 MATMUL_KINDS = ("matmul", "sparse_matmul")
 DEFAULT_BITS = 8
 
-#: Eltwise op used for an activation, in order of preference: the first one the IR knows is used.
-#: (sigmoid / silu fall back to gelu, the closest counted entry -- one exp and one divide -- while
-#: hw_models.workload.ELTWISE_OPS has no entry of their own.)
-ACTIVATION_OPS = {
-    "relu": ("relu",), "relu6": ("relu6",), "gelu": ("gelu",), "hardswish": ("hardswish",),
-    "sigmoid": ("sigmoid", "gelu"), "silu": ("silu", "gelu"),
-}
-
-
 def _eltwise_op(activation: str) -> str:
-    for candidate in ACTIVATION_OPS[activation]:
-        if candidate in ELTWISE_OPS:
-            return candidate
-    raise WorkloadError(f"the workload IR has no eltwise op for {activation}")
+    if activation not in ELTWISE_OPS:
+        raise WorkloadError(f"the workload IR has no eltwise op for {activation}")
+    return activation
 
 
 def _prod(values: Iterable[int]) -> int:
@@ -508,7 +498,7 @@ class _Lowering:
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             return self.batchnorm(node, x)
         act = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.GELU: "gelu", nn.Hardswish: "hardswish",
-               nn.Sigmoid: "sigmoid", nn.SiLU: "silu"}.get(type(m))
+               nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Tanh: "tanh"}.get(type(m))
         if act is None and isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
             act = "relu6"
         if act is not None:
@@ -594,8 +584,9 @@ class _Lowering:
             return self._srcs(args, kwargs)
         # activations
         acts = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.gelu: "gelu", F.hardswish: "hardswish",
-                torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.silu: "silu"}
-        acts_m = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
+                torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh"}
+        acts_m = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh",
+                  "tanh_": "tanh"}
         act = acts_m.get(target) if method else acts.get(target)
         if act is None and not method and target is F.hardtanh and (arg(1, "min_val", -1.0), arg(2, "max_val", 1.0)) == (0.0, 6.0):
             act = "relu6"

@@ -46,6 +46,9 @@ ELTWISE_OPS = {
     "hardswish": dict(adds=1, compares=2, mults=2),   # x * relu6(x + 3) / 6
     # 0.5x(1 + tanh(c(x + 0.044715x^3))): x^3 (2), two constants (2), 0.5*x*(.) (2); tanh = 1 exp + 1 div
     "gelu": dict(mults=6, adds=4, exps=1, divs=1),
+    "sigmoid": dict(exps=1, adds=1, divs=1),        # 1 / (1 + exp(-x))
+    "silu": dict(exps=1, adds=1, divs=1, mults=1),  # x * sigmoid(x)
+    "tanh": dict(exps=1, adds=1, subs=1, divs=1),   # (e^2x - 1) / (e^2x + 1), 2x folded into the exp
     "layernorm": dict(adds=3, subs=1, mults=2, divs=1),  # mean sum, variance sum, x-mean, square, /std, affine
     "batchnorm": dict(mults=1, adds=1),               # folded scale + shift (inference)
 }

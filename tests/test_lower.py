@@ -379,7 +379,7 @@ def test_unsupported_modules_and_functions_fail_in_one_line():
             super().__init__()
             self.c = nn.Conv2d(3, 4, 3)
             self.up = nn.Upsample(scale_factor=2)
-            self.t = nn.Tanh()
+            self.t = nn.Softplus()
             self.lstm = nn.LSTM(4, 4)
 
         def forward(self, x):
@@ -390,7 +390,7 @@ def test_unsupported_modules_and_functions_fail_in_one_line():
         lower_model(U(), (1, 3, 8, 8))
     msg = str(err.value)
     assert "\n" not in msg
-    for name in ("Tanh", "Upsample", "torch.fft.fft", "torch.erf", "Tensor.sum"):
+    for name in ("Softplus", "Upsample", "torch.fft.fft", "torch.erf", "Tensor.sum"):
         assert name in msg
     assert "LSTM" not in msg                     # never called: not part of the model's graph
     assert msg.index("unsupported modules") < msg.index("unsupported functions")
@@ -439,3 +439,22 @@ def test_load_model_spec(tmp_path, monkeypatch):
     with pytest.raises(WorkloadError):
         load_model_spec(str(tmp_path / "missing.json"))
     json.loads(path.read_text())                 # the file we wrote is valid JSON (sanity)
+
+
+def test_sigmoid_silu_tanh_have_their_own_counts():
+    class Gates(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.sig, self.silu, self.tanh = nn.Sigmoid(), nn.SiLU(), nn.Tanh()
+
+        def forward(self, x):
+            y = self.fc(x)
+            return self.sig(y) + self.silu(y) + self.tanh(y) + torch.tanh(y) + F.silu(y)
+
+    wl = lower_model(Gates(), (2, 8))
+    ops = {o.shape.op for o in wl.ops() if o.kind == "eltwise"}
+    assert {"sigmoid", "silu", "tanh"} <= ops
+    by_op = {o.shape.op: o.counts() for o in wl.ops() if o.kind == "eltwise"}
+    assert by_op["sigmoid"].exps == 16 and by_op["silu"].mults == 16 and by_op["tanh"].divs == 16
+    assert by_op["sigmoid"].mults == 0                 # not charged as GELU any more (it has 6)
