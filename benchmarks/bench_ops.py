@@ -6,14 +6,19 @@ upstream gradient, input and weight gradients both computed) of
 
 * ``nn.Conv2d`` (the reference),
 * ``ShiftConv2d`` (DeepShift-Q and -PS, 8-bit activations),
-* ``AdderConv2d`` with the default backend (the native SIMD kernel on a CPU, pure torch elsewhere),
+* ``AdderConv2d`` with the default backend (the native SIMD kernel on a CPU, the Triton kernels on
+  CUDA when triton is installed -- ``pip install '.[cuda]'`` -- pure torch otherwise),
 * ``AdderConv2d`` forced onto the pure-torch path,
 * a naive adder (broadcast ``-(x - w).abs().sum()`` with autograd, run in batch chunks so its
   intermediate fits in memory),
 
 and prints a Markdown table of median times and of throughput ratios ``t_conv / t_op``.
 
-    python benchmarks/bench_ops.py [--device cpu|cuda] [--quick] [--threads N] [--stat median|min]
+On CUDA the reference is cuDNN in true fp32: TF32 is switched off for convolutions and matmuls
+(PyTorch lets cuDNN use TF32 tensor cores by default), unless ``--tf32``. The Triton adder kernels
+are autotuned during the warm-up call, which is not timed. The target there is adder >= 0.3x conv.
+
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--quick] [--threads N] [--stat median|min] [--tf32]
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search_spaces import AdderConv2d, ShiftConv2d, use_adder_backend  # noqa: E402
-from search_spaces import _adder_native  # noqa: E402
+from search_spaces import _adder_native, _adder_triton  # noqa: E402
 
 # (name, N, C, M, H, kernel, stride, padding, groups)
 SHAPES = [
@@ -138,11 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--stat", choices=["median", "min"], default="median",
                     help="min is the robust choice on a machine shared with other jobs")
+    ap.add_argument("--tf32", action="store_true", help="CUDA: let cuDNN / cuBLAS use TF32 (default: true fp32)")
     args = ap.parse_args(argv)
     global STAT
     STAT = min if args.stat == "min" else statistics.median
     if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda but CUDA is not available")
+        print(f"bench_ops: --device cuda but CUDA is not available (torch {torch.__version__})", file=sys.stderr)
+        return 2
+    if args.device == "cuda":
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -152,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     backend = "torch"
     if device.type == "cpu" and _adder_native.available():
         backend = f"native ({_adder_native.build_info().get('lanes')} lanes)"
+    elif device.type == "cuda":
+        backend = ("triton (autotuned)" if _adder_triton.available() else
+                   "torch (triton not installed: pip install '.[cuda]')")
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
@@ -159,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         pass
     print(f"# bench_ops: forward+backward, batch 32, float32, device={device}, "
           f"threads={torch.get_num_threads()}, {args.stat} of {reps} runs, torch {torch.__version__}")
-    print(f"# cpu: {cpu}; adder backend: {backend}\n")
+    gpu = ""
+    if device.type == "cuda":
+        gpu = f"; gpu: {torch.cuda.get_device_name(device)}, conv reference {'TF32' if args.tf32 else 'fp32 (TF32 off)'}"
+    print(f"# cpu: {cpu}{gpu}; adder backend: {backend}\n")
     print("| shape (C-M k HxW) | conv ms | shift-Q ms (x conv) | shift-PS ms (x conv) | adder ms (x conv) "
           "| adder, pure torch ms (x conv) | naive adder ms (x conv) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

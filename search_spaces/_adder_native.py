@@ -15,7 +15,8 @@ never at import, into ``$CODESIGN_KERNEL_CACHE`` (default ``~/.cache/codesign/ke
 hash of source, compiler, flags and CPU, and reused afterwards. If there is no compiler or the build
 fails, callers fall back to the pure-torch implementation in :mod:`search_spaces.adder`.
 
-``CODESIGN_ADDER_BACKEND=torch`` disables this module; ``=native`` makes a failed build an error.
+``CODESIGN_ADDER_BACKEND=torch`` disables this module; ``=native`` makes a failed build an error;
+``=triton`` selects the CUDA kernels of :mod:`search_spaces._adder_triton` instead (see adder.py).
 """
 from __future__ import annotations
 
@@ -585,11 +586,15 @@ _tried = False
 _info: dict[str, str] = {}
 
 
+BACKENDS = ("auto", "native", "triton", "torch")
+
+
 def backend_env() -> str:
-    """The requested backend: 'auto' (default), 'native' (required) or 'torch' (never build)."""
+    """The requested backend: 'auto' (default), 'native' (required), 'triton' (required: the
+    CUDA kernels of :mod:`search_spaces._adder_triton`) or 'torch' (never build)."""
     value = os.environ.get("CODESIGN_ADDER_BACKEND", "auto").strip().lower()
-    if value not in ("auto", "native", "torch"):
-        raise ValueError(f"CODESIGN_ADDER_BACKEND must be auto, native or torch, got {value!r}")
+    if value not in BACKENDS:
+        raise ValueError(f"CODESIGN_ADDER_BACKEND must be one of {', '.join(BACKENDS)}, got {value!r}")
     return value
 
 

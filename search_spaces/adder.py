@@ -13,20 +13,31 @@ Gradients are AdderNet's, not the true (sign) gradients of the l1 distance:
 and for ablations.
 
 Speed: the forward and the HardTanh input gradient are O(P*M*K) elementwise reductions with no BLAS
-formulation. On the CPU with float32 they run in the register-blocked SIMD kernels of
-:mod:`search_spaces._adder_native` (compiled on first use, cached); everywhere else (no compiler,
-float64, CUDA) a pure-torch path runs: ``torch.cdist(p=1)`` for the forward and a chunked broadcast
-for the input gradient. ``use_adder_backend("torch" | "native" | "auto")`` or the environment
-variable ``CODESIGN_ADDER_BACKEND`` picks one. Depthwise convolutions (one input channel per group)
-skip the unfold on the native path: their kernel loops over the kernel window directly, for the
-forward and both gradients.
+formulation. Backends, picked per call from the operands' device and dtype:
+
+* ``native``: CPU float32 tensors run in the register-blocked SIMD kernels of
+  :mod:`search_spaces._adder_native` (compiled on first use, cached);
+* ``triton``: CUDA float32 tensors run in the tiled Triton kernels of
+  :mod:`search_spaces._adder_triton` (forward, input gradient and weight gradient), when the
+  optional dependency is installed (``pip install '.[cuda]'``);
+* ``torch``: everything else (no compiler, no triton, float64, ...): ``torch.cdist(p=1)`` for the
+  forward, a chunked broadcast for the input gradient, two matmuls for the weight gradient.
+
+``auto`` (the default) takes the first of these that fits the tensors. ``use_adder_backend(name)``
+or the environment variable ``CODESIGN_ADDER_BACKEND`` (``auto | native | triton | torch``) forces
+one; a forced ``native`` / ``triton`` backend raises where it cannot run (``triton`` also runs on
+CPU tensors under Triton's interpreter, ``TRITON_INTERPRET=1``: slow, for tests). Depthwise
+convolutions (one input channel per group) skip the unfold on the native path: their kernel loops
+over the kernel window directly, for the forward and both gradients.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import threading
-from typing import Any, Iterator
+import warnings
+from collections.abc import Callable
+from typing import Any, Iterator, TypeVar
 
 import torch
 import torch.nn as nn
@@ -35,6 +46,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 from search_spaces import _adder_native as _native
+from search_spaces import _adder_triton as _triton
 from search_spaces.quant import quantize_fixed_point
 from search_spaces.registry import register_ir_kind
 
@@ -49,10 +61,10 @@ _override: str | None = None
 
 @contextlib.contextmanager
 def use_adder_backend(name: str) -> Iterator[None]:
-    """Force the adder kernels to 'torch', 'native' or 'auto' inside a ``with`` block."""
+    """Force the adder kernels to 'torch', 'native', 'triton' or 'auto' inside a ``with`` block."""
     global _override
-    if name not in ("auto", "native", "torch"):
-        raise ValueError(f"backend must be auto, native or torch, got {name!r}")
+    if name not in _native.BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(_native.BACKENDS)}, got {name!r}")
     old, _override = _override, name
     try:
         yield
@@ -61,10 +73,22 @@ def use_adder_backend(name: str) -> Iterator[None]:
 
 
 def adder_backend_for(*tensors: torch.Tensor) -> str:
-    """'native' if the compiled CPU kernel will run on these tensors, else 'torch'."""
+    """Which backend runs on these tensors: 'native' (compiled CPU kernel), 'triton' (CUDA) or 'torch'."""
     choice = _override or _native.backend_env()
     if choice == "torch":
         return "torch"
+    if choice == "triton":
+        if not _triton.available(*tensors):
+            reason = ("triton is not installed (pip install '.[cuda]')" if not _triton.importable() else
+                      f"the kernels failed earlier ({_triton.disabled_reason()})" if _triton.disabled_reason()
+                      else "it needs float32 CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)")
+            raise ValueError(f"the triton adder backend cannot run here: {reason}")
+        return "triton"
+    on_cuda = all(t.device.type == "cuda" for t in tensors) and bool(tensors)
+    if on_cuda:
+        if choice == "native":
+            raise ValueError("the native adder kernel needs CPU float32 tensors")
+        return "triton" if _triton.available(*tensors) else "torch"
     eligible = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
     if choice == "native":
         if not eligible:
@@ -73,6 +97,26 @@ def adder_backend_for(*tensors: torch.Tensor) -> str:
             raise RuntimeError(f"native adder kernel unavailable: {_native.build_info().get('error')}")
         return "native"
     return "native" if eligible and _native.load() is not None else "torch"
+
+
+_T = TypeVar("_T")
+
+
+def _with_triton(kernel: Callable[[], _T], fallback: Callable[[], _T]) -> _T:
+    """Run a Triton kernel call; under the 'auto' backend a failure (no compiler for this GPU, a
+    Triton bug) switches Triton off for the process with a warning and runs the torch path instead,
+    as a failed native build does. A forced 'triton' backend re-raises."""
+    try:
+        return kernel()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        if (_override or _native.backend_env()) == "triton":
+            raise
+        _triton.disable(f"{type(exc).__name__}: {str(exc)[:500]}")
+        warnings.warn(f"search_spaces: Triton adder kernels failed, using the slower pure-torch path ({exc})",
+                      RuntimeWarning, stacklevel=3)
+        return fallback()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,14 +205,23 @@ def _adder_backward(X: torch.Tensor, W: torch.Tensor, G: torch.Tensor, need_x: b
     """
     if exact:
         return _torch_backward_loop(X, W, G, need_x, need_w, True, gx_out)
+    backend = adder_backend_for(X, W, G)
     gx = None
     if need_x:
-        if adder_backend_for(X, W, G) == "native":
+        if backend == "native":
             gx = _native_grad_x(X, W, G, gx_out)
+        elif backend == "triton":
+            gx = _with_triton(lambda: _triton.grad_x(X, W, G, gx_out),
+                              lambda: _torch_backward_loop(X, W, G, True, False, False, gx_out)[0])
         else:
             gx, _ = _torch_backward_loop(X, W, G, True, False, False, gx_out)
     gw = None
-    if need_w:
+    if need_w and backend == "triton" and _triton.available(X, W, G):  # (still: grad_x may have failed)
+        # G X^T - W * rowsum(G) in one kernel, fp32; None: failed, the torch formula below runs
+        gw = _with_triton(lambda: _triton.grad_w(X, W, G), lambda: None)
+    if need_w and gw is not None:
+        _scale_grad_w(gw, eta)
+    elif need_w:
         # sum_p g[p, m] * (x[p, k] - w[m, k]) = (G X^T)[m, k] - w[m, k] * sum_p g[p, m]
         gw = torch.matmul(G, X.transpose(-1, -2)).sum(0)  # batched GEMM; einsum's copies cost 3x
         gw.sub_(W * G.sum(dim=(0, 3)).unsqueeze(-1))
@@ -185,8 +238,11 @@ def _scale_grad_w(gw: torch.Tensor, eta: float | None) -> torch.Tensor:
 
 
 def _adder_forward(X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    if adder_backend_for(X, W) == "native":
+    backend = adder_backend_for(X, W)
+    if backend == "native":
         return _native_forward(X, W)
+    if backend == "triton":
+        return _with_triton(lambda: _triton.forward(X, W), lambda: _torch_forward(X, W))
     return _torch_forward(X, W)
 
 
